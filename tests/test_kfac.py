@@ -1,0 +1,103 @@
+"""K-FAC factors equal a direct computation from per-token inputs and output gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import random_windows, tiny_model
+from surgeon import curvature
+from surgeon.curvature import estimate_kfac
+from surgeon.models import decoder_linears
+
+
+def direct_factors(model, windows):
+    """Store every layer's inputs and outputs, backprop the summed NLL, form the means."""
+    layers = decoder_linears(model)
+    inputs, outputs = {n: [] for n in layers}, {n: [] for n in layers}
+    handles = []
+    for n, layer in layers.items():
+        def hook(mod, inp, out, n=n):
+            out.retain_grad()
+            inputs[n].append(inp[0].detach())
+            outputs[n].append(out)
+        handles.append(layer.register_forward_hook(hook))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for ids in windows:
+        ids = ids[None]
+        emb = model.get_input_embeddings()(ids).requires_grad_(True)
+        logits = model(inputs_embeds=emb).logits[:, :-1]
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                        reduction="sum").backward()
+    for h in handles:
+        h.remove()
+    result = {}
+    for n, layer in layers.items():
+        a = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs[n]]).double()
+        if layer.bias is not None:
+            a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
+        g = torch.cat([y.grad.reshape(-1, y.shape[-1]) for y in outputs[n]]).double()
+        result[n] = (a.T @ a / len(a), g.T @ g / len(g))
+    return result
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_kfac_equals_direct_computation(arch):
+    model = tiny_model(arch)
+    windows = random_windows(3, 16)
+    factors, acc = estimate_kfac(model, windows, progress=False)
+    expected = direct_factors(tiny_model(arch), windows)
+    assert set(factors) == set(expected)
+    n_linear = 7 if arch == "llama" else 6
+    assert len(factors) == 2 * n_linear
+    for n, (A, G) in factors.items():
+        A_ref, G_ref = expected[n]
+        assert torch.allclose(A.double(), A_ref, rtol=1e-4, atol=1e-5 * A_ref.abs().max()), n
+        assert torch.allclose(G.double(), G_ref, rtol=1e-4, atol=1e-5 * G_ref.abs().max()), n
+        assert acc.tokens[n] == 3 * 16
+    # no parameter ever received a .grad buffer
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_sampled_fisher_differs_from_empirical_but_keeps_A():
+    windows = random_windows(2, 16)
+    emp, _ = estimate_kfac(tiny_model("llama"), windows, fisher="empirical", progress=False)
+    smp, _ = estimate_kfac(tiny_model("llama"), windows, fisher="sampled", progress=False)
+    name = next(iter(emp))
+    assert torch.allclose(emp[name][0], smp[name][0])
+    assert not torch.allclose(emp[name][1], smp[name][1])
+
+
+class Killed(Exception):
+    pass
+
+
+def test_interrupted_estimation_resumes_from_checkpoint(tmp_path, monkeypatch):
+    windows = random_windows(6, 16)
+    full, _ = estimate_kfac(tiny_model("opt"), windows, progress=False)
+    ckpt = tmp_path / "kfac.ckpt"
+    calls = {"n": 0, "die_at": 5}
+    real_loss = curvature.window_loss
+
+    def dying_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["die_at"]:
+            raise Killed("killed")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(curvature, "window_loss", dying_loss)
+    with pytest.raises(Killed):
+        estimate_kfac(tiny_model("opt"), windows, checkpoint=ckpt, checkpoint_every=2,
+                      fingerprint="f", progress=False)
+    assert torch.load(ckpt, weights_only=False)["windows_done"] == 4
+    calls["n"], calls["die_at"] = 0, None
+    resumed, acc = estimate_kfac(tiny_model("opt"), windows, checkpoint=ckpt,
+                                 checkpoint_every=2, fingerprint="f", progress=False)
+    assert calls["n"] == 2  # only the two windows after the checkpoint were processed
+    for n in full:
+        assert torch.equal(full[n][0], resumed[n][0]) and torch.equal(full[n][1], resumed[n][1])
+    # a checkpoint with another fingerprint (other model or data) is ignored
+    calls["n"] = 0
+    estimate_kfac(tiny_model("opt"), windows, checkpoint=ckpt, fingerprint="other",
+                  progress=False)
+    assert calls["n"] == 6

@@ -1,0 +1,107 @@
+"""OBS maths against brute force on small matrices with H = G (x) A."""
+
+import torch
+
+from surgeon import obs
+
+D = torch.float64
+
+
+def spd(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 3 * n, generator=g, dtype=D)
+    return X @ X.T / (3 * n) + 0.1 * torch.eye(n, dtype=D)
+
+
+def brute_force_removal(W, H, remove):
+    """argmin 0.5 dw^T H dw  s.t. (w + dw)_Q = 0, solved as a KKT system on vec(W) row-major."""
+    w = W.reshape(-1)
+    q = torch.nonzero(remove.reshape(-1)).flatten()
+    E = torch.zeros(len(q), w.numel(), dtype=D)
+    E[torch.arange(len(q)), q] = 1.0
+    n, m = w.numel(), len(q)
+    K = torch.zeros(n + m, n + m, dtype=D)
+    K[:n, :n], K[:n, n:], K[n:, :n] = H, E.T, E
+    rhs = torch.cat([torch.zeros(n, dtype=D), -w[q]])
+    dw = torch.linalg.solve(K, rhs)[:n]
+    return (w + dw).reshape(W.shape), 0.5 * dw @ H @ dw
+
+
+def setup(R=5, C=6, seed=0):
+    G, A = spd(R, seed), spd(C, seed + 1)
+    W = torch.randn(R, C, generator=torch.Generator().manual_seed(seed + 2), dtype=D)
+    return W, G, A
+
+
+def test_kronecker_quadratic_form():
+    W, G, A = setup()
+    dW = torch.randn_like(W)
+    H = torch.kron(G, A)
+    assert torch.allclose(dW.reshape(-1) @ H @ dW.reshape(-1), torch.trace(dW.T @ G @ dW @ A))
+
+
+def test_group_update_equals_brute_force_over_several_rows():
+    W, G, A = setup()
+    remove = torch.zeros_like(W, dtype=torch.bool)
+    remove[0, [1, 4]] = remove[2, [0, 1, 5]] = remove[4, 3] = True
+    expected, _ = brute_force_removal(W, torch.kron(G, A), remove)
+    Wn = W.clone()
+    obs.obs_group_update(Wn, torch.linalg.inv(G), torch.linalg.inv(A), torch.tensor([0, 2, 4]), remove)
+    assert torch.allclose(Wn, expected, atol=1e-10)
+    assert (Wn[remove] == 0).all()
+
+
+def test_single_row_group_is_the_rank_one_solution():
+    W, G, A = setup(seed=3)
+    remove = torch.zeros_like(W, dtype=torch.bool)
+    remove[1, [0, 2, 3]] = True
+    expected, _ = brute_force_removal(W, torch.kron(G, A), remove)
+    Wn = W.clone()
+    obs.obs_group_update(Wn, torch.linalg.inv(G), torch.linalg.inv(A), torch.tensor([1]), remove)
+    assert torch.allclose(Wn, expected, atol=1e-10)
+    assert torch.linalg.matrix_rank(Wn - W) == 1
+
+
+def test_one_group_prune_equals_brute_force_and_grouping_only_approximates():
+    W, G, A = setup(R=6, C=8, seed=5)
+    remove = torch.rand(W.shape, generator=torch.Generator().manual_seed(9)) < 0.4
+    Gi, Ai = torch.linalg.inv(G), torch.linalg.inv(A)
+    expected, best = brute_force_removal(W, torch.kron(G, A), remove)
+    joint = obs.obs_element_prune(W, Gi, Ai, remove, group_elements=10_000)
+    assert torch.allclose(joint, expected, atol=1e-9)
+    rowwise = obs.obs_element_prune(W, Gi, Ai, remove, group_elements=1)
+    assert (rowwise[remove] == 0).all()
+    dW = rowwise - W
+    loss = 0.5 * torch.trace(dW.T @ G @ dW @ A)
+    assert loss >= best - 1e-12  # the joint solution is optimal; groups are feasible but not better
+
+
+def test_element_cost_is_the_loss_increase_of_the_optimal_single_removal():
+    W, G, A = setup(seed=7)
+    Gi, Ai = torch.linalg.inv(G), torch.linalg.inv(A)
+    costs = obs.element_costs(W, Gi.diagonal(), Ai.diagonal())
+    H = torch.kron(G, A)
+    for r, c in [(0, 0), (3, 5), (4, 2)]:
+        remove = torch.zeros_like(W, dtype=torch.bool)
+        remove[r, c] = True
+        _, loss = brute_force_removal(W, H, remove)
+        assert torch.isclose(costs[r, c], loss)
+
+
+def test_damping_is_relative_to_the_mean_diagonal():
+    M = torch.diag(torch.tensor([1.0, 3.0], dtype=D))
+    assert torch.allclose(obs.damped(M, 0.5), torch.diag(torch.tensor([2.0, 4.0], dtype=D)))
+
+
+def test_spd_inverse_matches_inverse():
+    M = spd(7, 11)
+    assert torch.allclose(obs.spd_inverse(M) @ M, torch.eye(7, dtype=D), atol=1e-10)
+
+
+def test_dead_structures_from_zero_weights_and_zero_curvature():
+    W, G, A = setup()
+    W[1] = 0.0
+    A[3, :] = A[:, 3] = 0.0
+    dead_r, dead_c = obs.dead_structures(W, G, A)
+    assert dead_r.tolist() == [False, True, False, False, False]
+    assert dead_c.tolist() == [False, False, False, True, False, False]

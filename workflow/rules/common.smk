@@ -1,0 +1,95 @@
+# Helpers, config validation and wildcard constraints shared by every rule.
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+validate(config, "../schemas/config.schema.yaml", set_default=True)
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    experiment=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    shot=r"\d+",
+
+
+# The surgeon CLI of the environment Snakemake runs in.
+SURGEON = f"{sys.executable} -m surgeon"
+MODEL = config["model"]["name"]
+CURVATURE_METHODS = {"llm-surgeon"}
+EXPERIMENT_DEFAULTS = {
+    "shots": 1,
+    "damping_g": 0.1,
+    "damping_a": 0.01,
+    "group_elements": 512,
+    "evaluate_shots": "all",
+}
+
+
+def experiment(name):
+    """An experiment's settings with the schema defaults filled in."""
+    return {**EXPERIMENT_DEFAULTS, **config["experiments"][name]}
+
+
+def setting(key):
+    """Input function for params: one value of the experiment named by the wildcard."""
+    return lambda wildcards: experiment(wildcards.experiment)[key]
+
+
+def previous_model(wildcards):
+    """Shot k reads the model of shot k-1; shot 1 reads the imported dense model."""
+    shot = int(wildcards.shot)
+    if shot == 1:
+        return f"results/{wildcards.model}/dense/model"
+    return f"results/{wildcards.model}/{wildcards.experiment}/shot-{shot - 1}/model"
+
+
+def prune_inputs(wildcards):
+    inputs = {"model": previous_model(wildcards)}
+    if experiment(wildcards.experiment)["method"] in CURVATURE_METHODS:
+        inputs["curvature"] = (
+            f"results/{wildcards.model}/{wildcards.experiment}"
+            f"/shot-{wildcards.shot}/curvature.h5"
+        )
+    return inputs
+
+
+def evaluated_shots(name):
+    exp = experiment(name)
+    if exp["evaluate_shots"] == "final":
+        return [exp["shots"]]
+    return list(range(1, exp["shots"] + 1))
+
+
+def eval_files():
+    files = [f"results/{MODEL}/dense/eval/dense.json"]
+    for name in config["experiments"]:
+        files += [
+            f"results/{MODEL}/{name}/eval/shot-{k}.json" for k in evaluated_shots(name)
+        ]
+    return files
+
+
+def evaluated_model(wildcards):
+    if wildcards.stage == "dense":
+        return f"results/{wildcards.model}/dense/model"
+    return f"results/{wildcards.model}/{wildcards.experiment}/{wildcards.stage}/model"
+
+
+def eval_labels(wildcards):
+    """Method, structure, target and shot recorded beside the measurements."""
+    if wildcards.stage == "dense":
+        return "--experiment dense --method none --structure none --target 0 --shot 0"
+    exp = experiment(wildcards.experiment)
+    shot = wildcards.stage.removeprefix("shot-")
+    return (
+        f"--experiment {wildcards.experiment} --method {exp['method']} "
+        f"--structure {exp['structure']} --target {exp['target']} --shot {shot}"
+    )
+
+
+def final_outputs():
+    return ["results/report/summary.csv", "results/report/summary.md"] + eval_files()

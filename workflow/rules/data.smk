@@ -1,0 +1,39 @@
+# Model import and calibration/evaluation windows.
+
+
+rule import_model:
+    output:
+        directory("results/{model}/dense/model"),
+    params:
+        source=config["model"]["source"],
+    log:
+        "logs/{model}/import_model.log",
+    benchmark:
+        "benchmarks/{model}/import_model.tsv"
+    shell:
+        "{SURGEON} import-model --source {params.source:q} --out {output} 2>&1 | tee {log}"
+
+
+rule calibrate:
+    input:
+        model="results/{model}/dense/model",
+    output:
+        calibration="results/{model}/data/calibration.safetensors",
+        evaluation="results/{model}/data/evaluation.safetensors",
+    params:
+        source=config["data"]["source"],
+        seqlen=config["data"]["seqlen"],
+        windows=config["data"]["calibration_windows"],
+        fraction=config["data"]["evaluation_fraction"],
+        max_eval=config["data"]["max_eval_windows"],
+        seed=config["data"]["seed"],
+    log:
+        "logs/{model}/calibrate.log",
+    benchmark:
+        "benchmarks/{model}/calibrate.tsv"
+    shell:
+        "{SURGEON} calibrate --model {input.model} --source {params.source:q}"
+        " --seqlen {params.seqlen} --windows {params.windows}"
+        " --evaluation-fraction {params.fraction} --max-eval-windows {params.max_eval}"
+        " --seed {params.seed} --calibration-out {output.calibration}"
+        " --evaluation-out {output.evaluation} 2>&1 | tee {log}"

@@ -1,0 +1,22 @@
+# Perplexity, sparsity and size of the dense model and of every evaluated shot.
+
+
+rule evaluate:
+    input:
+        model=evaluated_model,
+        evaluation="results/{model}/data/evaluation.safetensors",
+    output:
+        "results/{model}/{experiment}/eval/{stage}.json",
+    wildcard_constraints:
+        stage=r"dense|shot-\d+",
+    params:
+        labels=eval_labels,
+        device=config["device"],
+    log:
+        "logs/{model}/{experiment}/evaluate.{stage}.log",
+    benchmark:
+        "benchmarks/{model}/{experiment}/evaluate.{stage}.tsv"
+    shell:
+        "{SURGEON} evaluate --model {input.model} --evaluation {input.evaluation}"
+        " --out {output} --model-name {wildcards.model} {params.labels}"
+        " --device {params.device} 2>&1 | tee {log}"

@@ -1,0 +1,29 @@
+# One pruning shot; shots chain through previous_model().
+
+
+rule prune_shot:
+    input:
+        unpack(prune_inputs),
+    output:
+        directory("results/{model}/{experiment}/shot-{shot}/model"),
+    params:
+        method=setting("method"),
+        structure=setting("structure"),
+        target=setting("target"),
+        shots=setting("shots"),
+        damping_g=setting("damping_g"),
+        damping_a=setting("damping_a"),
+        group_elements=setting("group_elements"),
+        curvature=lambda wildcards, input: (
+            f"--curvature {input.curvature}" if "curvature" in input.keys() else ""
+        ),
+    log:
+        "logs/{model}/{experiment}/prune_shot.shot-{shot}.log",
+    benchmark:
+        "benchmarks/{model}/{experiment}/prune_shot.shot-{shot}.tsv"
+    shell:
+        "{SURGEON} prune --model {input.model} --method {params.method}"
+        " --structure {params.structure} --target {params.target}"
+        " --shots {params.shots} --shot {wildcards.shot} {params.curvature}"
+        " --damping-g {params.damping_g} --damping-a {params.damping_a}"
+        " --group-elements {params.group_elements} --out {output} 2>&1 | tee {log}"

@@ -1,0 +1,15 @@
+# Comparison table of every evaluated model.
+
+
+rule report:
+    input:
+        eval_files(),
+    output:
+        csv="results/report/summary.csv",
+        md="results/report/summary.md",
+    log:
+        "logs/report.log",
+    benchmark:
+        "benchmarks/report.tsv"
+    shell:
+        "{SURGEON} report --evals {input} --csv {output.csv} --md {output.md} 2>&1 | tee {log}"

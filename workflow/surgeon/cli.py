@@ -1,0 +1,289 @@
+"""`surgeon <stage>`: every stage with explicit input and output paths (the rules call these)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import SurgeonError
+
+
+def _windows_io():
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    def save(path, windows, meta):
+        from .artifacts import atomic_path
+
+        with atomic_path(path) as tmp:
+            save_file({"windows": windows.contiguous()}, str(tmp),
+                      metadata={k: str(v) for k, v in meta.items()})
+
+    def load(path):
+        if not Path(path).is_file():
+            raise SurgeonError(f"windows file not found: {path}")
+        try:
+            with safe_open(str(path), "pt") as f:
+                return f.get_tensor("windows"), f.metadata()
+        except Exception as err:
+            raise SurgeonError(f"cannot read windows file {path} (corrupt?): {err}") from None
+
+    return save, load
+
+
+def cmd_import_model(args):
+    from .artifacts import atomic_path, manifest, write_json
+    from .models import load_source, save_model
+
+    start = time.time()
+    model, tokenizer = load_source(args.source)
+    with atomic_path(args.out, directory=True) as tmp:
+        save_model(model, tokenizer, tmp)
+        write_json(tmp / "manifest.json", manifest(
+            "import-model", {}, {"source": args.source}, start,
+            architecture=type(model).__name__,
+        ))
+
+
+def cmd_calibrate(args):
+    from .artifacts import tree_hash
+    from .data import calibration_windows, cut_windows, load_split, tokenize, tokenizer_hash
+    from .models import load_tokenizer
+
+    from transformers import AutoConfig
+
+    save, _ = _windows_io()
+    cfg = AutoConfig.from_pretrained(args.model)
+    ctx = getattr(cfg, "max_position_embeddings", None)
+    if ctx is not None and args.seqlen > ctx:
+        raise SurgeonError(f"seqlen {args.seqlen} exceeds the model's context length {ctx}")
+    if args.seqlen < 2:
+        raise SurgeonError("seqlen must be at least 2")
+    if not 0 < args.evaluation_fraction < 1:
+        raise SurgeonError("evaluation fraction must be in (0, 1)")
+    tokenizer = load_tokenizer(args.model)
+    split = load_split(args.source, args.evaluation_fraction)
+    cal_ids, ev_ids = tokenize(tokenizer, split.calibration), tokenize(tokenizer, split.evaluation)
+    cal = calibration_windows(cal_ids, args.seqlen, args.windows, args.seed)
+    ev = cut_windows(ev_ids, args.seqlen)
+    if args.max_eval_windows:
+        ev = ev[: args.max_eval_windows]
+    if len(ev) == 0:
+        raise SurgeonError(f"evaluation text is shorter than one window of {args.seqlen} tokens")
+    meta = {**split.description, "seed": args.seed, "seqlen": args.seqlen,
+            "tokenizer_hash": tokenizer_hash(tokenizer), "model_sha256": tree_hash(args.model)}
+    save(args.calibration_out, cal, {**meta, "part": "calibration", "count": len(cal),
+                                     "tokens_available": cal_ids.numel()})
+    save(args.evaluation_out, ev, {**meta, "part": "evaluation", "count": len(ev),
+                                   "tokens_available": ev_ids.numel()})
+
+
+def cmd_curvature(args):
+    import torch
+
+    from .artifacts import atomic_path, manifest, tree_hash, write_json, sidecar
+    from .curvature import estimate_kfac
+    from .curvature_store import write_curvature
+    from .models import load_model, resolve_device
+
+    start = time.time()
+    _, load = _windows_io()
+    windows, wmeta = load(args.calibration)
+    device = resolve_device(args.device)
+    model = load_model(args.model, device)
+    model_hash, data_hash = tree_hash(args.model), tree_hash(args.calibration)
+    fingerprint = f"{model_hash}:{data_hash}:{args.fisher}:{args.batch_size}:{args.seed}"
+    ckpt = Path(args.checkpoint) if args.checkpoint else None
+    factors, acc = estimate_kfac(model, windows, args.fisher, args.batch_size, ckpt,
+                                 args.checkpoint_every, fingerprint, args.seed)
+    layer_meta = {
+        name: {
+            "weight_shape": [layer.out_features, layer.in_features + (layer.bias is not None)],
+            "has_bias": layer.bias is not None,
+            "tokens": acc.tokens[name],
+            "fisher": args.fisher,
+            "dtype": "float32",
+            "damping": 0.0,
+        }
+        for name, layer in acc.layers.items()
+    }
+    meta = {"model_sha256": model_hash, "data_sha256": data_hash, "fisher": args.fisher,
+            "windows": len(windows), "seqlen": int(windows.shape[1]),
+            "created_by": "surgeon curvature", "torch": torch.__version__,
+            "note": "A and G are undamped means; damping is applied where they are used"}
+    info = manifest("curvature", {"model": args.model, "calibration": args.calibration},
+                    {"fisher": args.fisher, "batch_size": args.batch_size, "seed": args.seed},
+                    start)
+    with atomic_path(args.out) as tmp:
+        write_curvature(tmp, factors, meta, layer_meta)
+        write_json(sidecar(args.out), {**info, "wall_time_s": round(time.time() - start, 3)})
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()
+
+
+def cmd_prune(args):
+    from .artifacts import atomic_path, manifest, write_json
+    from .models import load_model, load_tokenizer, save_model
+    from .prune import load_mask, prune_shot, save_mask, decoder_weights
+    from .threshold import linear_schedule
+
+    start = time.time()
+    if not 0 <= args.target < 1:
+        raise SurgeonError(f"target {args.target} is outside [0, 1)")
+    if not 1 <= args.shot <= args.shots:
+        raise SurgeonError(f"shot {args.shot} is outside 1..{args.shots}")
+    if args.structure != "unstructured":
+        raise SurgeonError(f"structure '{args.structure}' is not supported by this stage yet")
+    fraction = linear_schedule(args.target, args.shots, args.shot)
+    model = load_model(args.model, "cpu")
+    tokenizer = load_tokenizer(args.model)
+    removed = load_mask(args.model, decoder_weights(model))
+    masks = prune_shot(model, args.method, fraction, removed,
+                       Path(args.curvature) if args.curvature else None,
+                       args.damping_g, args.damping_a, args.group_elements)
+    inputs = {"model": args.model}
+    if args.curvature:
+        inputs["curvature"] = args.curvature
+    config = {k: getattr(args, k) for k in ("method", "structure", "target", "shots", "shot",
+                                            "damping_g", "damping_a", "group_elements")}
+    with atomic_path(args.out, directory=True) as tmp:
+        save_model(model, tokenizer, tmp)
+        save_mask(tmp / "mask.safetensors", masks)
+        write_json(tmp / "manifest.json",
+                   manifest("prune", inputs, config, start, cumulative_fraction=fraction))
+
+
+def cmd_evaluate(args):
+    from .artifacts import write_json
+    from .evaluate import parameter_counts, perplexity, sparsity_stats, stored_size
+    from .models import load_model, resolve_device
+
+    start = time.time()
+    _, load = _windows_io()
+    windows, _meta = load(args.evaluation)
+    model = load_model(args.model, resolve_device(args.device))
+    ppl = perplexity(model, windows, args.batch_size)
+    stats = sparsity_stats(model)
+    prune_manifest = Path(args.model) / "manifest.json"
+    prune_wall = None
+    if prune_manifest.is_file():
+        m = json.loads(prune_manifest.read_text())
+        prune_wall = m.get("wall_time_s") if m.get("stage") == "prune" else None
+    write_json(args.out, {
+        "model": args.model_name, "experiment": args.experiment, "method": args.method,
+        "structure": args.structure, "target": args.target, "shot": args.shot,
+        "model_dir": str(args.model), "ppl": ppl, "eval_windows": len(windows),
+        "seqlen": int(windows.shape[1]), **stats, **parameter_counts(model),
+        "size_bytes": stored_size(args.model), "prune_wall_s": prune_wall,
+        "eval_wall_s": round(time.time() - start, 3),
+    })
+    print(f"{args.experiment} shot {args.shot}: ppl {ppl:.3f}, sparsity {stats['sparsity']:.4f}")
+
+
+def cmd_inspect(args):
+    from .inspect_curvature import curvature_table, format_table
+
+    print(format_table(curvature_table(args.curvature, args.damping_g, args.damping_a)))
+
+
+def cmd_report(args):
+    from .artifacts import atomic_path
+    from .report import summary_rows, to_csv, to_markdown
+
+    rows = summary_rows(args.evals)
+    for path, text in ((args.csv, to_csv(rows)), (args.md, to_markdown(rows))):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    print(to_markdown(rows))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="surgeon", description=__doc__)
+    sub = p.add_subparsers(dest="stage", required=True)
+
+    s = sub.add_parser("import-model", help="hub id / folder / .gguf / embedded:NAME -> HF folder")
+    s.add_argument("--source", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_import_model)
+
+    s = sub.add_parser("calibrate", help="text -> calibration and evaluation token windows")
+    s.add_argument("--model", required=True, help="model folder (for its tokenizer)")
+    s.add_argument("--source", required=True)
+    s.add_argument("--seqlen", type=int, required=True)
+    s.add_argument("--windows", type=int, required=True)
+    s.add_argument("--evaluation-fraction", type=float, default=0.2)
+    s.add_argument("--max-eval-windows", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--calibration-out", required=True)
+    s.add_argument("--evaluation-out", required=True)
+    s.set_defaults(func=cmd_calibrate)
+
+    s = sub.add_parser("curvature", help="K-FAC factors of every decoder Linear -> curvature.h5")
+    s.add_argument("--model", required=True)
+    s.add_argument("--calibration", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--fisher", choices=["empirical", "sampled"], default="empirical")
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--checkpoint", default="")
+    s.add_argument("--checkpoint-every", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_curvature)
+
+    s = sub.add_parser("prune", help="one pruning shot -> model folder with mask")
+    s.add_argument("--model", required=True, help="model of the previous shot")
+    s.add_argument("--method", required=True)
+    s.add_argument("--structure", default="unstructured")
+    s.add_argument("--target", type=float, required=True)
+    s.add_argument("--shots", type=int, default=1)
+    s.add_argument("--shot", type=int, default=1)
+    s.add_argument("--curvature", default="")
+    s.add_argument("--damping-g", type=float, default=0.1)
+    s.add_argument("--damping-a", type=float, default=0.01)
+    s.add_argument("--group-elements", type=int, default=512)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser("evaluate", help="perplexity, sparsity, size -> eval JSON")
+    s.add_argument("--model", required=True)
+    s.add_argument("--evaluation", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--model-name", default="model")
+    s.add_argument("--experiment", default="dense")
+    s.add_argument("--method", default="none")
+    s.add_argument("--structure", default="none")
+    s.add_argument("--target", type=float, default=0.0)
+    s.add_argument("--shot", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("inspect", help="per-layer audit table of a curvature.h5")
+    s.add_argument("curvature")
+    s.add_argument("--damping-g", type=float, default=0.1)
+    s.add_argument("--damping-a", type=float, default=0.01)
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("report", help="eval JSONs -> summary.csv + summary.md")
+    s.add_argument("--evals", nargs="+", required=True)
+    s.add_argument("--csv", required=True)
+    s.add_argument("--md", required=True)
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SurgeonError as err:
+        print(f"surgeon {args.stage}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

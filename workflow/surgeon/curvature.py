@@ -1,0 +1,160 @@
+"""Kronecker-factored empirical Fisher per decoder Linear (ALGORITHMS.md section 1).
+
+For a layer y = W a (a with a 1 appended when there is a bias), over calibration tokens:
+    A = mean(a a^T)  (C x C),   G = mean(g g^T)  (R x R),   g = dL/dy,
+so that vec(dW)^T F vec(dW) ~= tr(dW^T G dW A). Inputs come from forward hooks, output
+gradients from hooks on the output tensors; parameters never get `.grad` buffers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .artifacts import atomic_path
+from .models import decoder_linears
+
+
+class KFACAccumulator:
+    """Running sums of a a^T and g g^T for a set of Linear layers."""
+
+    def __init__(self, layers: dict[str, nn.Linear], device: torch.device):
+        self.layers = layers
+        self.A, self.G = {}, {}
+        self.tokens = {name: 0 for name in layers}
+        self.windows_done = 0
+        for name, layer in layers.items():
+            c = layer.in_features + (layer.bias is not None)
+            self.A[name] = torch.zeros(c, c, device=device)
+            self.G[name] = torch.zeros(layer.out_features, layer.out_features, device=device)
+        self._handles = []
+        self.shares_input: dict[str, str] = {}  # layer -> earlier layer fed the same tensor
+        self._last_input = None  # held so its memory cannot be reused by another input
+
+    def _forward_hook(self, name):
+        def hook(module, inputs, output):
+            x = inputs[0]
+            source = self.shares_input.get(name)
+            if source is None and self._last_input is not None and x is self._last_input[0]:
+                earlier = self._last_input[1]
+                if (self.layers[earlier].bias is None) == (module.bias is None):
+                    source = self.shares_input[name] = earlier
+                    self.A[name] = self.A[earlier]
+            if source is not None:  # q/k/v and gate/up read one tensor: A is computed once
+                self.tokens[name] += x.numel() // module.in_features
+            else:
+                self._accumulate_input(name, module, x)
+                self._last_input = (x, name)
+            if output.requires_grad:
+                output.register_hook(self._grad_hook(name))
+
+        return hook
+
+    def _accumulate_input(self, name, module, x):
+        a = x.detach().reshape(-1, module.in_features).float()
+        if module.bias is not None:
+            a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
+        self.A[name].addmm_(a.T, a)
+        self.tokens[name] += a.shape[0]
+
+    def _grad_hook(self, name):
+        def hook(grad):
+            g = grad.detach().reshape(-1, grad.shape[-1]).float()
+            self.G[name].addmm_(g.T, g)
+
+        return hook
+
+    def __enter__(self):
+        for name, layer in self.layers.items():
+            self._handles.append(layer.register_forward_hook(self._forward_hook(name)))
+        return self
+
+    def __exit__(self, *exc):
+        self._last_input = None
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def state(self) -> dict:
+        return {"A": self.A, "G": self.G, "tokens": self.tokens,
+                "windows_done": self.windows_done, "shares_input": self.shares_input}
+
+    def load_state(self, state: dict) -> None:
+        for name in self.layers:
+            self.A[name].copy_(state["A"][name])
+            self.G[name].copy_(state["G"][name])
+        self.tokens = dict(state["tokens"])
+        self.windows_done = int(state["windows_done"])
+        self.shares_input = dict(state.get("shares_input", {}))
+        for name, source in self.shares_input.items():
+            self.A[name] = self.A[source]
+
+    def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Means (A, G) per layer on the CPU."""
+        return {
+            name: (
+                (self.A[name] / max(self.tokens[name], 1)).cpu(),
+                (self.G[name] / max(self.tokens[name], 1)).cpu(),
+            )
+            for name in self.layers
+        }
+
+
+def window_loss(model: nn.Module, ids: torch.Tensor, fisher: str, generator=None) -> torch.Tensor:
+    """Summed next-token NLL of a batch of windows; labels true (empirical) or sampled."""
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds).logits[:, :-1].float()
+    if fisher == "sampled":
+        with torch.no_grad():
+            probs = torch.softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
+            labels = torch.multinomial(probs.cpu(), 1, generator=generator).view(logits.shape[:2])
+            labels = labels.to(ids.device)
+    else:
+        labels = ids[:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
+
+
+def estimate_kfac(
+    model: nn.Module,
+    windows: torch.Tensor,
+    fisher: str = "empirical",
+    batch_size: int = 1,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 8,
+    fingerprint: str = "",
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[dict, KFACAccumulator]:
+    """K-FAC factors of every decoder Linear; resumes from `checkpoint` when it matches."""
+    device = next(model.parameters()).device
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    acc = KFACAccumulator(decoder_linears(model), device)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            acc.load_state(state)
+    generator = torch.Generator().manual_seed(seed)
+    n = len(windows)
+    bar = tqdm(total=n, initial=acc.windows_done, desc="curvature", unit="win", disable=not progress)
+    with acc:
+        while acc.windows_done < n:
+            start = acc.windows_done
+            batch = windows[start : start + batch_size].to(device)
+            # the sampled-label stream must not depend on where a resumed run started
+            generator.manual_seed(seed + start)
+            window_loss(model, batch, fisher, generator).backward()
+            acc.windows_done += len(batch)
+            bar.update(len(batch))
+            if checkpoint is not None and (
+                acc.windows_done % checkpoint_every == 0 and acc.windows_done < n
+            ):
+                with atomic_path(checkpoint) as tmp:
+                    torch.save({**acc.state(), "fingerprint": fingerprint}, tmp)
+    bar.close()
+    return acc.factors(), acc

@@ -1,0 +1,56 @@
+"""Perplexity (ALGORITHMS.md section 9), sparsity of decoder Linears, stored size."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .models import decoder_linears
+
+
+@torch.no_grad()
+def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool = True) -> float:
+    """exp(mean over windows of the mean next-token NLL of the window)."""
+    device = next(model.parameters()).device
+    nlls = []
+    for i in tqdm(range(0, len(windows), batch_size), desc="perplexity", disable=not progress):
+        ids = windows[i : i + batch_size].to(device)
+        logits = model(ids).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").mean(dim=1)
+        nlls.append(nll.cpu())
+    return math.exp(torch.cat(nlls).double().mean().item())
+
+
+def sparsity_stats(model) -> dict:
+    """Zeros among decoder-Linear parameters (weights + biases), overall and per layer."""
+    total = zeros = 0
+    per_layer = {}
+    for name, layer in decoder_linears(model).items():
+        params = [layer.weight] + ([layer.bias] if layer.bias is not None else [])
+        n = sum(p.numel() for p in params)
+        z = sum(int((p == 0).sum()) for p in params)
+        per_layer[name] = z / n
+        total += n
+        zeros += z
+    return {
+        "decoder_params": total,
+        "decoder_zeros": zeros,
+        "sparsity": zeros / total,
+        "per_layer_sparsity": per_layer,
+    }
+
+
+def stored_size(model_dir: Path) -> int:
+    return sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
+
+
+def parameter_counts(model) -> dict:
+    params = {id(p): p for p in model.parameters()}.values()  # tied weights once
+    return {
+        "params": sum(p.numel() for p in params),
+        "nonzero_params": sum(int((p != 0).sum()) for p in params),
+    }

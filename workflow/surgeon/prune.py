@@ -1,0 +1,110 @@
+"""One pruning shot: costs per layer, one global (or per-layer) threshold, updates, zeroing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from . import obs
+from .curvature_store import open_curvature, read_factors
+from .errors import SurgeonError
+from .models import decoder_linears, set_weight_with_bias, weight_with_bias
+from .threshold import global_threshold, smallest_k_mask
+
+MASK_FILE = "mask.safetensors"
+METHODS = {"llm-surgeon": True, "magnitude": False}  # method -> needs curvature
+REMOVED = -1.0  # cost of an already-removed element: always chosen first
+
+
+def load_mask(model_dir: Path, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Removed elements so far: the previous shot's mask (if any) plus exact zeros."""
+    saved = {}
+    path = Path(model_dir) / MASK_FILE
+    if path.is_file():
+        saved = {k: v.bool() for k, v in load_file(path).items()}
+    return {n: (w == 0) | saved.get(n, torch.zeros_like(w, dtype=torch.bool))
+            for n, w in weights.items()}
+
+
+def decoder_weights(model) -> dict[str, torch.Tensor]:
+    return {n: weight_with_bias(layer).cpu() for n, layer in decoder_linears(model).items()}
+
+
+def magnitude_masks(weights, removed, fraction: float) -> dict[str, torch.Tensor]:
+    """Per layer: remove the smallest |W| until `fraction` of the layer is removed."""
+    out = {}
+    for n, W in weights.items():
+        cost = W.abs().double()
+        cost[removed[n]] = REMOVED
+        out[n] = smallest_k_mask(cost, round(fraction * W.numel()))
+    return out
+
+
+def surgeon_unstructured(weights, removed, curvature: Path, fraction: float, damp_g: float,
+                         damp_a: float, group_elements: int, progress: bool = True):
+    """LLM Surgeon, unstructured: global OBS threshold, then row-grouped correlated updates."""
+    total = sum(W.numel() for W in weights.values())
+    costs, live = {}, {}
+    with open_curvature(curvature) as f:
+        for n, W in tqdm(weights.items(), desc="costs", disable=not progress):
+            A, G = read_factors(f, n)
+            check_shapes(n, W, A, G)
+            dead_r, dead_c = obs.dead_structures(W, G, A)
+            live[n] = (~dead_r, ~dead_c)
+            Gi, Ai = obs.kfac_inverses(G, A, ~dead_r, ~dead_c, damp_g, damp_a)
+            cost = torch.full(W.shape, REMOVED, dtype=torch.float64)
+            sub = obs.element_costs(W[~dead_r][:, ~dead_c], Gi.diagonal(), Ai.diagonal())
+            cost[torch.nonzero(~dead_r).flatten()[:, None], torch.nonzero(~dead_c).flatten()] = sub
+            cost[removed[n]] = REMOVED
+            costs[n] = cost.float()
+        masks = global_threshold(costs, round(fraction * total))
+        del costs
+        new_weights = {}
+        for n, W in tqdm(weights.items(), desc="updates", disable=not progress):
+            A, G = read_factors(f, n)
+            lr, lc = live[n]
+            Gi, Ai = obs.kfac_inverses(G, A, lr, lc, damp_g, damp_a)
+            ri, ci = torch.nonzero(lr).flatten(), torch.nonzero(lc).flatten()
+            new = masks[n] & ~removed[n]
+            Wl = obs.obs_element_prune(W[ri][:, ci], Gi, Ai, new[ri][:, ci], group_elements)
+            out = torch.zeros_like(W)
+            out[ri[:, None], ci] = Wl.to(W.dtype)
+            out[masks[n]] = 0.0
+            new_weights[n] = out
+    return new_weights, masks
+
+
+def check_shapes(name, W, A, G):
+    if A.shape != (W.shape[1], W.shape[1]) or G.shape != (W.shape[0], W.shape[0]):
+        raise SurgeonError(
+            f"curvature of {name} has A {tuple(A.shape)}, G {tuple(G.shape)} but the weight is "
+            f"{tuple(W.shape)}: the curvature file belongs to another model"
+        )
+
+
+def prune_shot(model, method: str, fraction: float, removed, curvature: Path | None = None,
+               damp_g: float = 0.1, damp_a: float = 0.01, group_elements: int = 512,
+               progress: bool = True) -> dict[str, torch.Tensor]:
+    """Prune `model` in place to a cumulative removed `fraction`; returns the masks."""
+    if method not in METHODS:
+        raise SurgeonError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
+    weights = decoder_weights(model)
+    if method == "magnitude":
+        masks = magnitude_masks(weights, removed, fraction)
+        new_weights = {n: W.masked_fill(masks[n], 0.0) for n, W in weights.items()}
+    else:
+        if curvature is None:
+            raise SurgeonError(f"method {method} needs a curvature file")
+        new_weights, masks = surgeon_unstructured(
+            weights, removed, curvature, fraction, damp_g, damp_a, group_elements, progress
+        )
+    for n, layer in decoder_linears(model).items():
+        set_weight_with_bias(layer, new_weights[n].to(layer.weight.device, layer.weight.dtype))
+    return masks
+
+
+def save_mask(path: Path, masks: dict[str, torch.Tensor]) -> None:
+    save_file({n: m.to(torch.uint8).contiguous() for n, m in masks.items()}, str(path))
