@@ -21,12 +21,13 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml envs/requirements.txt
 
 install: $(VENV)/.installed
 
+# Rules call `surgeon <stage>`: the venv's bin comes first on PATH.
 run: install
-	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+	PATH="$(abspath $(BIN)):$$PATH" snakemake --cores $(CORES) --configfile config/config.yaml
 	@echo "Results table: results/report/summary.md"
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q tests
 
 clean:
 	rm -rf results .snakemake

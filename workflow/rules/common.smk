@@ -1,7 +1,4 @@
 # Helpers, config validation and wildcard constraints shared by every rule.
-import sys
-from pathlib import Path
-
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -16,8 +13,6 @@ wildcard_constraints:
     shot=r"\d+",
 
 
-# The surgeon CLI of the environment Snakemake runs in.
-SURGEON = f"{sys.executable} -m surgeon"
 MODEL = config["model"]["name"]
 CURVATURE_METHODS = {"llm-surgeon"}
 EXPERIMENT_DEFAULTS = {
@@ -39,21 +34,25 @@ def setting(key):
     return lambda wildcards: experiment(wildcards.experiment)[key]
 
 
+def shot_path(wildcards, shot, name):
+    """results/<model>/<experiment>/shot-<k>/<name>"""
+    return "results/{}/{}/shot-{}/{}".format(
+        wildcards.model, wildcards.experiment, shot, name
+    )
+
+
 def previous_model(wildcards):
     """Shot k reads the model of shot k-1; shot 1 reads the imported dense model."""
     shot = int(wildcards.shot)
     if shot == 1:
         return f"results/{wildcards.model}/dense/model"
-    return f"results/{wildcards.model}/{wildcards.experiment}/shot-{shot - 1}/model"
+    return shot_path(wildcards, shot - 1, "model")
 
 
 def prune_inputs(wildcards):
     inputs = {"model": previous_model(wildcards)}
     if experiment(wildcards.experiment)["method"] in CURVATURE_METHODS:
-        inputs["curvature"] = (
-            f"results/{wildcards.model}/{wildcards.experiment}"
-            f"/shot-{wildcards.shot}/curvature.h5"
-        )
+        inputs["curvature"] = shot_path(wildcards, wildcards.shot, "curvature.h5")
     return inputs
 
 

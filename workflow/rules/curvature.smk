@@ -7,6 +7,12 @@ rule estimate_curvature:
         calibration="results/{model}/data/calibration.safetensors",
     output:
         "results/{model}/{experiment}/shot-{shot}/curvature.h5",
+    log:
+        "logs/{model}/{experiment}/estimate_curvature.shot-{shot}.log",
+    benchmark:
+        "benchmarks/{model}/{experiment}/estimate_curvature.shot-{shot}.tsv"
+    conda:
+        "../../envs/surgeon.yaml"
     params:
         # running sums live outside `output` so a retried job resumes instead of restarting
         checkpoint="results/{model}/{experiment}/shot-{shot}/curvature.ckpt",
@@ -15,12 +21,8 @@ rule estimate_curvature:
         every=config["curvature"]["checkpoint_every"],
         seed=config["data"]["seed"],
         device=config["device"],
-    log:
-        "logs/{model}/{experiment}/estimate_curvature.shot-{shot}.log",
-    benchmark:
-        "benchmarks/{model}/{experiment}/estimate_curvature.shot-{shot}.tsv"
     shell:
-        "{SURGEON} curvature --model {input.model} --calibration {input.calibration}"
+        "surgeon curvature --model {input.model} --calibration {input.calibration}"
         " --out {output} --fisher {params.fisher} --batch-size {params.batch_size}"
         " --checkpoint {params.checkpoint} --checkpoint-every {params.every}"
         " --seed {params.seed} --device {params.device} 2>&1 | tee {log}"

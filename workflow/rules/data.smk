@@ -4,14 +4,16 @@
 rule import_model:
     output:
         directory("results/{model}/dense/model"),
-    params:
-        source=config["model"]["source"],
     log:
         "logs/{model}/import_model.log",
     benchmark:
         "benchmarks/{model}/import_model.tsv"
+    conda:
+        "../../envs/surgeon.yaml"
+    params:
+        source=config["model"]["source"],
     shell:
-        "{SURGEON} import-model --source {params.source:q} --out {output} 2>&1 | tee {log}"
+        "surgeon import-model --source {params.source:q} --out {output} 2>&1 | tee {log}"
 
 
 rule calibrate:
@@ -20,6 +22,12 @@ rule calibrate:
     output:
         calibration="results/{model}/data/calibration.safetensors",
         evaluation="results/{model}/data/evaluation.safetensors",
+    log:
+        "logs/{model}/calibrate.log",
+    benchmark:
+        "benchmarks/{model}/calibrate.tsv"
+    conda:
+        "../../envs/surgeon.yaml"
     params:
         source=config["data"]["source"],
         seqlen=config["data"]["seqlen"],
@@ -27,12 +35,8 @@ rule calibrate:
         fraction=config["data"]["evaluation_fraction"],
         max_eval=config["data"]["max_eval_windows"],
         seed=config["data"]["seed"],
-    log:
-        "logs/{model}/calibrate.log",
-    benchmark:
-        "benchmarks/{model}/calibrate.tsv"
     shell:
-        "{SURGEON} calibrate --model {input.model} --source {params.source:q}"
+        "surgeon calibrate --model {input.model} --source {params.source:q}"
         " --seqlen {params.seqlen} --windows {params.windows}"
         " --evaluation-fraction {params.fraction} --max-eval-windows {params.max_eval}"
         " --seed {params.seed} --calibration-out {output.calibration}"

@@ -7,16 +7,18 @@ rule evaluate:
         evaluation="results/{model}/data/evaluation.safetensors",
     output:
         "results/{model}/{experiment}/eval/{stage}.json",
-    wildcard_constraints:
-        stage=r"dense|shot-\d+",
-    params:
-        labels=eval_labels,
-        device=config["device"],
     log:
         "logs/{model}/{experiment}/evaluate.{stage}.log",
     benchmark:
         "benchmarks/{model}/{experiment}/evaluate.{stage}.tsv"
+    wildcard_constraints:
+        stage=r"dense|shot-\d+",
+    conda:
+        "../../envs/surgeon.yaml"
+    params:
+        labels=eval_labels,
+        device=config["device"],
     shell:
-        "{SURGEON} evaluate --model {input.model} --evaluation {input.evaluation}"
+        "surgeon evaluate --model {input.model} --evaluation {input.evaluation}"
         " --out {output} --model-name {wildcards.model} {params.labels}"
         " --device {params.device} 2>&1 | tee {log}"

@@ -6,6 +6,12 @@ rule prune_shot:
         unpack(prune_inputs),
     output:
         directory("results/{model}/{experiment}/shot-{shot}/model"),
+    log:
+        "logs/{model}/{experiment}/prune_shot.shot-{shot}.log",
+    benchmark:
+        "benchmarks/{model}/{experiment}/prune_shot.shot-{shot}.tsv"
+    conda:
+        "../../envs/surgeon.yaml"
     params:
         method=setting("method"),
         structure=setting("structure"),
@@ -17,12 +23,8 @@ rule prune_shot:
         curvature=lambda wildcards, input: (
             f"--curvature {input.curvature}" if "curvature" in input.keys() else ""
         ),
-    log:
-        "logs/{model}/{experiment}/prune_shot.shot-{shot}.log",
-    benchmark:
-        "benchmarks/{model}/{experiment}/prune_shot.shot-{shot}.tsv"
     shell:
-        "{SURGEON} prune --model {input.model} --method {params.method}"
+        "surgeon prune --model {input.model} --method {params.method}"
         " --structure {params.structure} --target {params.target}"
         " --shots {params.shots} --shot {wildcards.shot} {params.curvature}"
         " --damping-g {params.damping_g} --damping-a {params.damping_a}"

@@ -11,5 +11,7 @@ rule report:
         "logs/report.log",
     benchmark:
         "benchmarks/report.tsv"
+    conda:
+        "../../envs/surgeon.yaml"
     shell:
-        "{SURGEON} report --evals {input} --csv {output.csv} --md {output.md} 2>&1 | tee {log}"
+        "surgeon report --evals {input} --csv {output.csv} --md {output.md} 2>&1 | tee {log}"

@@ -1,0 +1,119 @@
+"""End to end: the Snakemake workflow on a tiny model (2 shots) in a temporary directory."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir, *args):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--cores", "2", *args]
+    # rules call `surgeon`: the test interpreter's bin folder comes first, as in `make run`
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": path}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+
+
+def tiny_config(model_dir):
+    return {
+        "model": {"name": "tiny", "source": str(model_dir)},
+        "device": "cpu",
+        "data": {"source": "embedded:pydoc-topics", "seqlen": 32, "calibration_windows": 4,
+                 "max_eval_windows": 8, "seed": 0},
+        "curvature": {"checkpoint_every": 2},
+        "experiments": {
+            "surgeon": {"method": "llm-surgeon", "structure": "unstructured", "target": 0.5,
+                        "shots": 2, "group_elements": 64},
+            "magnitude": {"method": "magnitude", "structure": "unstructured", "target": 0.5},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, llama_dir):
+    work = tmp_path_factory.mktemp("workflow")
+    (work / "config.yaml").write_text(yaml.safe_dump(tiny_config(llama_dir)))
+    result = snakemake(work, "--configfile", str(work / "config.yaml"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return work
+
+
+def test_artifacts_of_every_stage(finished_run):
+    res = finished_run / "results" / "tiny"
+    assert (res / "dense" / "model" / "model.safetensors").is_file()
+    assert (res / "dense" / "model" / "manifest.json").is_file()
+    for part in ("calibration", "evaluation"):
+        assert (res / "data" / f"{part}.safetensors").is_file()
+    for shot in (1, 2):
+        h5 = res / "surgeon" / f"shot-{shot}" / "curvature.h5"
+        with h5py.File(h5, "r") as f:
+            assert len(f) == 14 and "data_sha256" in f.attrs and "model_sha256" in f.attrs
+            grp = f["model.layers.0.mlp.down_proj"]
+            assert grp["A"].shape == (64, 64) and grp["G"].shape == (32, 32)
+            assert grp.attrs["tokens"] == 4 * 32 and grp.attrs["fisher"] == "empirical"
+        assert not (res / "surgeon" / f"shot-{shot}" / "curvature.ckpt").exists()
+        model = res / "surgeon" / f"shot-{shot}" / "model"
+        assert (model / "mask.safetensors").is_file()
+        manifest = json.loads((model / "manifest.json").read_text())
+        assert manifest["inputs"]["curvature"]["sha256"]
+    # shot 2 reads shot 1's model
+    m2 = json.loads((res / "surgeon" / "shot-2" / "model" / "manifest.json").read_text())
+    assert m2["inputs"]["model"]["path"].endswith("surgeon/shot-1/model")
+    assert not list(finished_run.rglob(".*.tmp-*"))  # no half-written artifact
+
+
+def test_summary_table(finished_run):
+    rows = list(csv.DictReader(open(finished_run / "results" / "report" / "summary.csv")))
+    required = {"model", "experiment", "method", "structure", "target", "shot", "sparsity",
+                "params", "ppl"}
+    assert required <= set(rows[0])
+    by_key = {(r["experiment"], int(r["shot"])): r for r in rows}
+    assert set(by_key) == {("dense", 0), ("surgeon", 1), ("surgeon", 2), ("magnitude", 1)}
+    assert abs(float(by_key[("surgeon", 1)]["sparsity"]) - 0.25) < 1e-3
+    for key in [("surgeon", 2), ("magnitude", 1)]:
+        assert abs(float(by_key[key]["sparsity"]) - 0.5) < 1e-3
+    assert all(float(r["ppl"]) > 1 for r in rows)
+    assert (finished_run / "results" / "report" / "summary.md").read_text().startswith("| model")
+
+
+def test_nothing_left_to_do_and_inspect(finished_run):
+    dry = snakemake(finished_run, "--configfile", str(finished_run / "config.yaml"), "-n")
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+    h5 = finished_run / "results/tiny/surgeon/shot-1/curvature.h5"
+    out = subprocess.run([sys.executable, "-m", "surgeon", "inspect", str(h5)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0].split()[:3] == ["layer", "shape", "tokens"]
+    assert len(out.splitlines()) == 1 + 14 and "model.layers.1.mlp.up_proj" in out
+
+
+def test_config_errors_name_the_key(tmp_path, llama_dir):
+    cfg = tiny_config(llama_dir)
+    cfg["data"]["windowz"] = 3
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    r = snakemake(tmp_path, "--configfile", str(tmp_path / "bad.yaml"), "-n")
+    assert r.returncode != 0 and "windowz" in r.stdout + r.stderr
+    cfg = tiny_config(llama_dir)
+    cfg["experiments"]["surgeon"]["target"] = 1.0
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    r = snakemake(tmp_path, "--configfile", str(tmp_path / "bad.yaml"), "-n")
+    assert r.returncode != 0 and "target" in r.stdout + r.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint_and_format():
+    lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-n"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    files = [str(REPO / "Snakefile")] + [str(p) for p in (REPO / "workflow/rules").glob("*.smk")]
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files],
+                         capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
