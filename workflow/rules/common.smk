@@ -19,7 +19,7 @@ EXPERIMENT_DEFAULTS = {
     "shots": 1,
     "damping_g": 0.1,
     "damping_a": 0.01,
-    "group_elements": 512,
+    "group_elements": 256,
     "evaluate_shots": "all",
 }
 

@@ -243,7 +243,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--curvature", default="")
     s.add_argument("--damping-g", type=float, default=0.1)
     s.add_argument("--damping-a", type=float, default=0.01)
-    s.add_argument("--group-elements", type=int, default=512)
+    s.add_argument("--group-elements", type=int, default=256)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_prune)
 

@@ -78,33 +78,60 @@ def obs_group_update(W: torch.Tensor, Gi: torch.Tensor, Ai: torch.Tensor,
     scatter of u. U is nonzero only on `rows`, so dW = -Gi[:, rows] (U[rows] Ai): a rank-one
     update when the group is one row, and never an R x C x C product.
     """
-    sub = remove[rows]
-    local_r, c = torch.nonzero(sub, as_tuple=True)
-    if len(c) == 0:
+    if not remove[rows].any():
         return
-    r = rows[local_r]
-    M = Gi[r][:, r] * Ai[c][:, c]
-    w = W[r, c]
+    W -= Gi[:, rows] @ solve_group(W[rows], Gi, Ai, rows, remove[rows])
+    local_r, c = torch.nonzero(remove[rows], as_tuple=True)
+    W[rows[local_r], c] = 0.0
+
+
+def solve_group(Wrows: torch.Tensor, Gi: torch.Tensor, Ai: torch.Tensor, rows: torch.Tensor,
+                remove_rows: torch.Tensor) -> torch.Tensor:
+    """V = U Ai for one group (k x C), given the group's current rows; dW = -Gi[:, rows] V."""
+    local_r, c = torch.nonzero(remove_rows, as_tuple=True)
+    g_block = Gi[rows[:, None], rows[None, :]]  # k x k: rows repeat, so gather them once
+    M = g_block[local_r[:, None], local_r[None, :]] * Ai[c[:, None], c[None, :]]
+    w = Wrows[local_r, c]
     L, info = torch.linalg.cholesky_ex(M)
     if int(info) != 0:
         u = torch.linalg.lstsq(M, w[:, None]).solution[:, 0]
     else:
         u = torch.cholesky_solve(w[:, None], L)[:, 0]
-    U = torch.zeros(len(rows), W.shape[1], dtype=W.dtype, device=W.device)
+    U = torch.zeros(len(rows), Wrows.shape[1], dtype=Wrows.dtype, device=Wrows.device)
     U[local_r, c] = u
-    W -= Gi[:, rows] @ (U @ Ai)
-    W[r, c] = 0.0
+    return U @ Ai
 
 
 def obs_element_prune(W: torch.Tensor, Gi: torch.Tensor, Ai: torch.Tensor, remove: torch.Tensor,
-                      group_elements: int = 512) -> torch.Tensor:
+                      group_elements: int = 512, block_rows: int = 256) -> torch.Tensor:
     """Remove the elements `remove` (R x C bool) of W with row-grouped correlated OBS updates.
 
     Groups of whole rows are solved in sequence, each on the weights already changed by the
-    groups before it; the mask is zeroed exactly at the end. Returns the updated W (float64).
+    groups before it; the mask is zeroed exactly at the end. Same result as calling
+    `obs_group_update` group after group, but the updates -Gi[:, rows] V are kept as pending
+    low-rank factors and applied to the full matrix once per `block_rows` rows (a group reads
+    its current rows as W[rows] - Gi[rows, pending] V_pending). Returns W in float64.
     """
     W = W.double().clone()
+    pending_rows: list[torch.Tensor] = []
+    pending_v: list[torch.Tensor] = []
+
+    def flush():
+        if pending_rows:
+            W.sub_(Gi[:, torch.cat(pending_rows)] @ torch.cat(pending_v))
+            pending_rows.clear()
+            pending_v.clear()
+
     for rows in row_groups(remove.sum(dim=1), group_elements):
-        obs_group_update(W, Gi, Ai, rows.to(W.device), remove)
+        rows = rows.to(W.device)
+        current = W[rows]
+        if pending_rows:
+            done = torch.cat(pending_rows)
+            current = current - Gi[rows][:, done] @ torch.cat(pending_v)
+        pending_v.append(solve_group(current, Gi, Ai, rows, remove[rows]))
+        pending_rows.append(rows)
+        if sum(len(p) for p in pending_rows) >= block_rows:
+            flush()
+    flush()
     W[remove] = 0.0
     return W

@@ -43,30 +43,52 @@ def magnitude_masks(weights, removed, fraction: float) -> dict[str, torch.Tensor
     return out
 
 
+def layer_inverses(f, weights, damp_g: float, damp_a: float, progress: bool = True):
+    """Per layer: live rows/cols and damped inverses (Gi, Ai); a shared A is inverted once."""
+    shared: dict[tuple, torch.Tensor] = {}
+    for n, W in tqdm(weights.items(), desc="inverses", disable=not progress):
+        A, G = read_factors(f, n)
+        check_shapes(n, W, A, G)
+        dead_r, dead_c = obs.dead_structures(W, G, A)
+        key = (f[n].attrs.get("A_shared_with", n), tuple(dead_c.nonzero().flatten().tolist()))
+        if key not in shared:
+            shared.clear()
+            shared[key] = obs.spd_inverse(obs.damped(A[~dead_c][:, ~dead_c], damp_a))
+        Gi = obs.spd_inverse(obs.damped(G[~dead_r][:, ~dead_r], damp_g))
+        yield n, ~dead_r, ~dead_c, Gi, shared[key]
+
+
 def surgeon_unstructured(weights, removed, curvature: Path, fraction: float, damp_g: float,
-                         damp_a: float, group_elements: int, progress: bool = True):
-    """LLM Surgeon, unstructured: global OBS threshold, then row-grouped correlated updates."""
+                         damp_a: float, group_elements: int, progress: bool = True,
+                         cache_bytes: float = 6e9):
+    """LLM Surgeon, unstructured: global OBS threshold, then row-grouped correlated updates.
+
+    Inverses from the cost pass are kept for the update pass when they fit in `cache_bytes`.
+    """
     total = sum(W.numel() for W in weights.values())
-    costs, live = {}, {}
+    inverse_bytes = sum(8 * (W.shape[0] ** 2 + W.shape[1] ** 2) for W in weights.values())
+    cache = {} if inverse_bytes <= cache_bytes else None
+    costs = {}
     with open_curvature(curvature) as f:
-        for n, W in tqdm(weights.items(), desc="costs", disable=not progress):
-            A, G = read_factors(f, n)
-            check_shapes(n, W, A, G)
-            dead_r, dead_c = obs.dead_structures(W, G, A)
-            live[n] = (~dead_r, ~dead_c)
-            Gi, Ai = obs.kfac_inverses(G, A, ~dead_r, ~dead_c, damp_g, damp_a)
-            cost = torch.full(W.shape, REMOVED, dtype=torch.float64)
-            sub = obs.element_costs(W[~dead_r][:, ~dead_c], Gi.diagonal(), Ai.diagonal())
-            cost[torch.nonzero(~dead_r).flatten()[:, None], torch.nonzero(~dead_c).flatten()] = sub
+        for n, lr, lc, Gi, Ai in layer_inverses(f, weights, damp_g, damp_a, progress):
+            W = weights[n]
+            ri, ci = torch.nonzero(lr).flatten(), torch.nonzero(lc).flatten()
+            cost = torch.full(W.shape, REMOVED, dtype=torch.float32)
+            cost[ri[:, None], ci] = obs.element_costs(
+                W[ri][:, ci], Gi.diagonal(), Ai.diagonal()
+            ).float()
             cost[removed[n]] = REMOVED
-            costs[n] = cost.float()
+            costs[n] = cost
+            if cache is not None:
+                cache[n] = (lr, lc, Gi, Ai)
         masks = global_threshold(costs, round(fraction * total))
         del costs
+        inverses = cache.items() if cache is not None else (
+            (n, rest) for n, *rest in layer_inverses(f, weights, damp_g, damp_a, progress))
         new_weights = {}
-        for n, W in tqdm(weights.items(), desc="updates", disable=not progress):
-            A, G = read_factors(f, n)
-            lr, lc = live[n]
-            Gi, Ai = obs.kfac_inverses(G, A, lr, lc, damp_g, damp_a)
+        for n, (lr, lc, Gi, Ai) in tqdm(inverses, total=len(weights), desc="updates",
+                                        disable=not progress):
+            W = weights[n]
             ri, ci = torch.nonzero(lr).flatten(), torch.nonzero(lc).flatten()
             new = masks[n] & ~removed[n]
             Wl = obs.obs_element_prune(W[ri][:, ci], Gi, Ai, new[ri][:, ci], group_elements)
@@ -74,6 +96,8 @@ def surgeon_unstructured(weights, removed, curvature: Path, fraction: float, dam
             out[ri[:, None], ci] = Wl.to(W.dtype)
             out[masks[n]] = 0.0
             new_weights[n] = out
+            if cache is not None:
+                cache[n] = None  # free as we go
     return new_weights, masks
 
 
@@ -86,7 +110,7 @@ def check_shapes(name, W, A, G):
 
 
 def prune_shot(model, method: str, fraction: float, removed, curvature: Path | None = None,
-               damp_g: float = 0.1, damp_a: float = 0.01, group_elements: int = 512,
+               damp_g: float = 0.1, damp_a: float = 0.01, group_elements: int = 256,
                progress: bool = True) -> dict[str, torch.Tensor]:
     """Prune `model` in place to a cumulative removed `fraction`; returns the masks."""
     if method not in METHODS:
