@@ -13,6 +13,7 @@ rule estimate_curvature:
         "benchmarks/{model}/{experiment}/estimate_curvature.shot-{shot}.tsv"
     conda:
         "../../envs/surgeon.yaml"
+    threads: workflow.cores
     params:
         # running sums live outside `output` so a retried job resumes instead of restarting
         checkpoint="results/{model}/{experiment}/shot-{shot}/curvature.ckpt",
@@ -22,7 +23,7 @@ rule estimate_curvature:
         seed=config["data"]["seed"],
         device=config["device"],
     shell:
-        "surgeon curvature --model {input.model} --calibration {input.calibration}"
+        "surgeon --threads {threads} curvature --model {input.model} --calibration {input.calibration}"
         " --out {output} --fisher {params.fisher} --batch-size {params.batch_size}"
         " --checkpoint {params.checkpoint} --checkpoint-every {params.every}"
         " --seed {params.seed} --device {params.device} 2>&1 | tee {log}"

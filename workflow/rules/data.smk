@@ -10,10 +10,11 @@ rule import_model:
         "benchmarks/{model}/import_model.tsv"
     conda:
         "../../envs/surgeon.yaml"
+    threads: workflow.cores
     params:
         source=config["model"]["source"],
     shell:
-        "surgeon import-model --source {params.source:q} --out {output} 2>&1 | tee {log}"
+        "surgeon --threads {threads} import-model --source {params.source:q} --out {output} 2>&1 | tee {log}"
 
 
 rule calibrate:
@@ -28,6 +29,7 @@ rule calibrate:
         "benchmarks/{model}/calibrate.tsv"
     conda:
         "../../envs/surgeon.yaml"
+    threads: workflow.cores
     params:
         source=config["data"]["source"],
         seqlen=config["data"]["seqlen"],
@@ -36,7 +38,7 @@ rule calibrate:
         max_eval=config["data"]["max_eval_windows"],
         seed=config["data"]["seed"],
     shell:
-        "surgeon calibrate --model {input.model} --source {params.source:q}"
+        "surgeon --threads {threads} calibrate --model {input.model} --source {params.source:q}"
         " --seqlen {params.seqlen} --windows {params.windows}"
         " --evaluation-fraction {params.fraction} --max-eval-windows {params.max_eval}"
         " --seed {params.seed} --calibration-out {output.calibration}"

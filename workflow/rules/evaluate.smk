@@ -15,10 +15,11 @@ rule evaluate:
         stage=r"dense|shot-\d+",
     conda:
         "../../envs/surgeon.yaml"
+    threads: workflow.cores
     params:
         labels=eval_labels,
         device=config["device"],
     shell:
-        "surgeon evaluate --model {input.model} --evaluation {input.evaluation}"
+        "surgeon --threads {threads} evaluate --model {input.model} --evaluation {input.evaluation}"
         " --out {output} --model-name {wildcards.model} {params.labels}"
         " --device {params.device} 2>&1 | tee {log}"

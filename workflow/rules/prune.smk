@@ -12,6 +12,7 @@ rule prune_shot:
         "benchmarks/{model}/{experiment}/prune_shot.shot-{shot}.tsv"
     conda:
         "../../envs/surgeon.yaml"
+    threads: workflow.cores
     params:
         method=setting("method"),
         structure=setting("structure"),
@@ -24,7 +25,7 @@ rule prune_shot:
             f"--curvature {input.curvature}" if "curvature" in input.keys() else ""
         ),
     shell:
-        "surgeon prune --model {input.model} --method {params.method}"
+        "surgeon --threads {threads} prune --model {input.model} --method {params.method}"
         " --structure {params.structure} --target {params.target}"
         " --shots {params.shots} --shot {wildcards.shot} {params.curvature}"
         " --damping-g {params.damping_g} --damping-a {params.damping_a}"

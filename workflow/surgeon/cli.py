@@ -202,6 +202,7 @@ def cmd_report(args):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="surgeon", description=__doc__)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
     sub = p.add_subparsers(dest="stage", required=True)
 
     s = sub.add_parser("import-model", help="hub id / folder / .gguf / embedded:NAME -> HF folder")
@@ -277,6 +278,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         args.func(args)
     except SurgeonError as err:
