@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -83,21 +84,38 @@ def surgeon_unstructured(weights, removed, curvature: Path, fraction: float, dam
                 cache[n] = (lr, lc, Gi, Ai)
         masks = global_threshold(costs, round(fraction * total))
         del costs
-        inverses = cache.items() if cache is not None else (
-            (n, rest) for n, *rest in layer_inverses(f, weights, damp_g, damp_a, progress))
-        new_weights = {}
-        for n, (lr, lc, Gi, Ai) in tqdm(inverses, total=len(weights), desc="updates",
-                                        disable=not progress):
+
+        def update(item):
+            n, (lr, lc, Gi, Ai) = item
             W = weights[n]
             ri, ci = torch.nonzero(lr).flatten(), torch.nonzero(lc).flatten()
             new = masks[n] & ~removed[n]
-            Wl = obs.obs_element_prune(W[ri][:, ci], Gi, Ai, new[ri][:, ci], group_elements)
+            Wl = obs.obs_element_prune(W[ri][:, ci], Gi.float(), Ai.float(), new[ri][:, ci],
+                                       group_elements)
             out = torch.zeros_like(W)
             out[ri[:, None], ci] = Wl.to(W.dtype)
             out[masks[n]] = 0.0
-            new_weights[n] = out
-            if cache is not None:
-                cache[n] = None  # free as we go
+            return n, out
+
+        bar = tqdm(total=len(weights), desc="updates", disable=not progress)
+        new_weights = {}
+        if cache is not None:
+            # layers are independent: one single-threaded layer per core beats one layer
+            # on all cores (the per-group ops are too small to parallelise well)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(max_workers=threads) as pool:
+                    for n, out in pool.map(update, list(cache.items())):
+                        new_weights[n] = out
+                        bar.update()
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            for n, *rest in layer_inverses(f, weights, damp_g, damp_a, progress=False):
+                new_weights[n] = update((n, rest))[1]
+                bar.update()
+        bar.close()
     return new_weights, masks
 
 
