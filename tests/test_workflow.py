@@ -82,6 +82,10 @@ def test_summary_table(finished_run):
     for key in [("surgeon", 2), ("magnitude", 1)]:
         assert abs(float(by_key[key]["sparsity"]) - 0.5) < 1e-3
     assert all(float(r["ppl"]) > 1 for r in rows)
+    # compression time adds up over shots; the pruning mask is not counted as model size
+    walls = [float(by_key[("surgeon", k)]["compress_wall_s"]) for k in (1, 2)]
+    assert 0 < walls[0] < walls[1]
+    assert by_key[("surgeon", 2)]["size_mb"] == by_key[("dense", 0)]["size_mb"]
     assert (finished_run / "results" / "report" / "summary.md").read_text().startswith("| model")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import SurgeonError
 
+MASK_FILE = "mask.safetensors"  # removed-weight mask saved beside a pruned model
 TRACKED_PACKAGES = ("torch", "transformers", "safetensors", "h5py", "gguf", "snakemake")
 
 

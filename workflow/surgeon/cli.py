@@ -125,7 +125,7 @@ def cmd_curvature(args):
 
 
 def cmd_prune(args):
-    from .artifacts import atomic_path, manifest, write_json
+    from .artifacts import MASK_FILE, atomic_path, manifest, write_json
     from .models import load_model, load_tokenizer, save_model
     from .prune import load_mask, prune_shot, save_mask, decoder_weights
     from .threshold import linear_schedule
@@ -151,9 +151,23 @@ def cmd_prune(args):
                                             "damping_g", "damping_a", "group_elements")}
     with atomic_path(args.out, directory=True) as tmp:
         save_model(model, tokenizer, tmp)
-        save_mask(tmp / "mask.safetensors", masks)
-        write_json(tmp / "manifest.json",
-                   manifest("prune", inputs, config, start, cumulative_fraction=fraction))
+        save_mask(tmp / MASK_FILE, masks)
+        m = manifest("prune", inputs, config, start, cumulative_fraction=fraction)
+        m["compress_wall_s"] = round(m["wall_time_s"] + _earlier_wall(args), 3)
+        write_json(tmp / "manifest.json", m)
+
+
+def _earlier_wall(args) -> float:
+    """Wall time already spent on this compression: earlier shots and this shot's curvature."""
+    from .artifacts import sidecar
+
+    total = 0.0
+    previous = Path(args.model) / "manifest.json"
+    if previous.is_file():
+        total += json.loads(previous.read_text()).get("compress_wall_s", 0.0)
+    if args.curvature and sidecar(args.curvature).is_file():
+        total += json.loads(sidecar(args.curvature).read_text()).get("wall_time_s", 0.0)
+    return total
 
 
 def cmd_evaluate(args):
@@ -168,16 +182,15 @@ def cmd_evaluate(args):
     ppl = perplexity(model, windows, args.batch_size)
     stats = sparsity_stats(model)
     prune_manifest = Path(args.model) / "manifest.json"
-    prune_wall = None
+    compress_wall = 0.0
     if prune_manifest.is_file():
-        m = json.loads(prune_manifest.read_text())
-        prune_wall = m.get("wall_time_s") if m.get("stage") == "prune" else None
+        compress_wall = json.loads(prune_manifest.read_text()).get("compress_wall_s", 0.0)
     write_json(args.out, {
         "model": args.model_name, "experiment": args.experiment, "method": args.method,
         "structure": args.structure, "target": args.target, "shot": args.shot,
         "model_dir": str(args.model), "ppl": ppl, "eval_windows": len(windows),
         "seqlen": int(windows.shape[1]), **stats, **parameter_counts(model),
-        "size_bytes": stored_size(args.model), "prune_wall_s": prune_wall,
+        "size_bytes": stored_size(args.model), "compress_wall_s": compress_wall,
         "eval_wall_s": round(time.time() - start, 3),
     })
     print(f"{args.experiment} shot {args.shot}: ppl {ppl:.3f}, sparsity {stats['sparsity']:.4f}")

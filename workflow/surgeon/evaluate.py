@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .artifacts import MASK_FILE
 from .models import decoder_linears
 
 
@@ -45,7 +46,9 @@ def sparsity_stats(model) -> dict:
 
 
 def stored_size(model_dir: Path) -> int:
-    return sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
+    """Bytes of the weight files (the pruning mask beside them is bookkeeping, not model)."""
+    return sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors")
+               if f.name != MASK_FILE)
 
 
 def parameter_counts(model) -> dict:

@@ -10,12 +10,12 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from . import obs
+from .artifacts import MASK_FILE
 from .curvature_store import open_curvature, read_factors
 from .errors import SurgeonError
 from .models import decoder_linears, set_weight_with_bias, weight_with_bias
 from .threshold import global_threshold, smallest_k_mask
 
-MASK_FILE = "mask.safetensors"
 METHODS = {"llm-surgeon": True, "magnitude": False}  # method -> needs curvature
 REMOVED = -1.0  # cost of an already-removed element: always chosen first
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 COLUMNS = ["model", "experiment", "method", "structure", "target", "shot", "sparsity", "params",
-           "nonzero_params", "size_mb", "ppl", "prune_wall_s"]
+           "nonzero_params", "size_mb", "ppl", "compress_wall_s"]
 
 
 def summary_rows(eval_files: list[str | Path]) -> list[dict]:
@@ -27,7 +27,7 @@ def summary_rows(eval_files: list[str | Path]) -> list[dict]:
             "nonzero_params": e["nonzero_params"],
             "size_mb": round(e["size_bytes"] / 2**20, 1),
             "ppl": round(e["ppl"], 3),
-            "prune_wall_s": e.get("prune_wall_s", ""),
+            "compress_wall_s": e.get("compress_wall_s", 0.0),
         })
     rows.sort(key=lambda r: (r["model"], r["experiment"] != "dense", r["experiment"], r["shot"]))
     return rows
