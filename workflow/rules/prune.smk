@@ -21,6 +21,7 @@ rule prune_shot:
         damping_g=setting("damping_g"),
         damping_a=setting("damping_a"),
         group_elements=setting("group_elements"),
+        device=config["device"],
         curvature=lambda wildcards, input: (
             f"--curvature {input.curvature}" if "curvature" in input.keys() else ""
         ),
@@ -29,4 +30,5 @@ rule prune_shot:
         " --structure {params.structure} --target {params.target}"
         " --shots {params.shots} --shot {wildcards.shot} {params.curvature}"
         " --damping-g {params.damping_g} --damping-a {params.damping_a}"
-        " --group-elements {params.group_elements} --out {output} 2>&1 | tee {log}"
+        " --group-elements {params.group_elements} --device {params.device}"
+        " --out {output} 2>&1 | tee {log}"

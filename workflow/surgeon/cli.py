@@ -126,7 +126,7 @@ def cmd_curvature(args):
 
 def cmd_prune(args):
     from .artifacts import MASK_FILE, atomic_path, manifest, write_json
-    from .models import load_model, load_tokenizer, save_model
+    from .models import load_model, load_tokenizer, resolve_device, save_model
     from .prune import load_mask, prune_shot, save_mask, decoder_weights
     from .threshold import linear_schedule
 
@@ -143,7 +143,8 @@ def cmd_prune(args):
     removed = load_mask(args.model, decoder_weights(model))
     masks = prune_shot(model, args.method, fraction, removed,
                        Path(args.curvature) if args.curvature else None,
-                       args.damping_g, args.damping_a, args.group_elements)
+                       args.damping_g, args.damping_a, args.group_elements,
+                       device=str(resolve_device(args.device)))
     inputs = {"model": args.model}
     if args.curvature:
         inputs["curvature"] = args.curvature
@@ -258,6 +259,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--damping-g", type=float, default=0.1)
     s.add_argument("--damping-a", type=float, default=0.01)
     s.add_argument("--group-elements", type=int, default=256)
+    s.add_argument("--device", default="auto", help="where the maths runs (auto: CUDA if present)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_prune)
 

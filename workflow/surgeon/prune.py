@@ -44,11 +44,13 @@ def magnitude_masks(weights, removed, fraction: float) -> dict[str, torch.Tensor
     return out
 
 
-def layer_inverses(f, weights, damp_g: float, damp_a: float, progress: bool = True):
+def layer_inverses(f, weights, damp_g: float, damp_a: float, progress: bool = True,
+                   device: str = "cpu"):
     """Per layer: live rows/cols and damped inverses (Gi, Ai); a shared A is inverted once."""
     shared: dict[tuple, torch.Tensor] = {}
     for n, W in tqdm(weights.items(), desc="inverses", disable=not progress):
-        A, G = read_factors(f, n)
+        A, G = (x.to(device) for x in read_factors(f, n))
+        W = W.to(device)
         check_shapes(n, W, A, G)
         dead_r, dead_c = obs.dead_structures(W, G, A)
         key = (f[n].attrs.get("A_shared_with", n), tuple(dead_c.nonzero().flatten().tolist()))
@@ -61,7 +63,7 @@ def layer_inverses(f, weights, damp_g: float, damp_a: float, progress: bool = Tr
 
 def surgeon_unstructured(weights, removed, curvature: Path, fraction: float, damp_g: float,
                          damp_a: float, group_elements: int, progress: bool = True,
-                         cache_bytes: float = 6e9):
+                         cache_bytes: float = 6e9, device: str = "cpu"):
     """LLM Surgeon, unstructured: global OBS threshold, then row-grouped correlated updates.
 
     Inverses from the cost pass are kept for the update pass when they fit in `cache_bytes`.
@@ -71,13 +73,13 @@ def surgeon_unstructured(weights, removed, curvature: Path, fraction: float, dam
     cache = {} if inverse_bytes <= cache_bytes else None
     costs = {}
     with open_curvature(curvature) as f:
-        for n, lr, lc, Gi, Ai in layer_inverses(f, weights, damp_g, damp_a, progress):
-            W = weights[n]
-            ri, ci = torch.nonzero(lr).flatten(), torch.nonzero(lc).flatten()
+        for n, lr, lc, Gi, Ai in layer_inverses(f, weights, damp_g, damp_a, progress, device):
+            W = weights[n].to(device)
+            ri, ci = torch.nonzero(lr).flatten().cpu(), torch.nonzero(lc).flatten().cpu()
             cost = torch.full(W.shape, REMOVED, dtype=torch.float32)
             cost[ri[:, None], ci] = obs.element_costs(
                 W[ri][:, ci], Gi.diagonal(), Ai.diagonal()
-            ).float()
+            ).float().cpu()
             cost[removed[n]] = REMOVED
             costs[n] = cost
             if cache is not None:
@@ -88,12 +90,12 @@ def surgeon_unstructured(weights, removed, curvature: Path, fraction: float, dam
         def update(item):
             n, (lr, lc, Gi, Ai) = item
             W = weights[n]
-            ri, ci = torch.nonzero(lr).flatten(), torch.nonzero(lc).flatten()
+            ri, ci = torch.nonzero(lr).flatten().cpu(), torch.nonzero(lc).flatten().cpu()
             new = masks[n] & ~removed[n]
-            Wl = obs.obs_element_prune(W[ri][:, ci], Gi.float(), Ai.float(), new[ri][:, ci],
-                                       group_elements)
+            Wl = obs.obs_element_prune(W[ri][:, ci].to(device), Gi.float(), Ai.float(),
+                                       new[ri][:, ci].to(device), group_elements)
             out = torch.zeros_like(W)
-            out[ri[:, None], ci] = Wl.to(W.dtype)
+            out[ri[:, None], ci] = Wl.to("cpu", W.dtype)
             out[masks[n]] = 0.0
             return n, out
 
@@ -112,7 +114,7 @@ def surgeon_unstructured(weights, removed, curvature: Path, fraction: float, dam
             finally:
                 torch.set_num_threads(threads)
         else:
-            for n, *rest in layer_inverses(f, weights, damp_g, damp_a, progress=False):
+            for n, *rest in layer_inverses(f, weights, damp_g, damp_a, False, device):
                 new_weights[n] = update((n, rest))[1]
                 bar.update()
         bar.close()
@@ -129,7 +131,7 @@ def check_shapes(name, W, A, G):
 
 def prune_shot(model, method: str, fraction: float, removed, curvature: Path | None = None,
                damp_g: float = 0.1, damp_a: float = 0.01, group_elements: int = 256,
-               progress: bool = True) -> dict[str, torch.Tensor]:
+               progress: bool = True, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Prune `model` in place to a cumulative removed `fraction`; returns the masks."""
     if method not in METHODS:
         raise SurgeonError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
@@ -141,7 +143,8 @@ def prune_shot(model, method: str, fraction: float, removed, curvature: Path | N
         if curvature is None:
             raise SurgeonError(f"method {method} needs a curvature file")
         new_weights, masks = surgeon_unstructured(
-            weights, removed, curvature, fraction, damp_g, damp_a, group_elements, progress
+            weights, removed, curvature, fraction, damp_g, damp_a, group_elements, progress,
+            device=device,
         )
     for n, layer in decoder_linears(model).items():
         set_weight_with_bias(layer, new_weights[n].to(layer.weight.device, layer.weight.dtype))
