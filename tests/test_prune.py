@@ -95,14 +95,14 @@ def test_curvature_of_another_model_is_rejected(tmp_path):
 
 def test_streamed_inverses_give_the_same_result_as_cached(tmp_path):
     """Large models recompute inverses per layer instead of caching them: same answer."""
-    from surgeon.prune import surgeon_unstructured
+    from surgeon.prune import surgeon_elements
 
     model = tiny_model("llama", seed=5)
     path = curvature_file(model, tmp_path / "c.h5", random_windows(2, 16))
     weights, removed = decoder_weights(model), removed_so_far(model, tmp_path)
-    cached, m1 = surgeon_unstructured(weights, removed, path, 0.4, 0.1, 0.01, 32, False)
-    streamed, m2 = surgeon_unstructured(weights, removed, path, 0.4, 0.1, 0.01, 32, False,
-                                        cache_bytes=0)
+    cached, m1 = surgeon_elements(weights, removed, path, 0.4, 0.1, 0.01, 32, False)
+    streamed, m2 = surgeon_elements(weights, removed, path, 0.4, 0.1, 0.01, 32, False,
+                                    cache_bytes=0)
     for n in cached:
         assert torch.equal(m1[n], m2[n])
         assert torch.allclose(cached[n], streamed[n], atol=1e-6)

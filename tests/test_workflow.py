@@ -34,6 +34,7 @@ def tiny_config(model_dir):
             "surgeon": {"method": "llm-surgeon", "structure": "unstructured", "target": 0.5,
                         "shots": 2, "group_elements": 64},
             "magnitude": {"method": "magnitude", "structure": "unstructured", "target": 0.5},
+            "wanda-24": {"method": "wanda", "structure": "2:4", "target": 0.5},
         },
     }
 
@@ -53,14 +54,16 @@ def test_artifacts_of_every_stage(finished_run):
     assert (res / "dense" / "model" / "manifest.json").is_file()
     for part in ("calibration", "evaluation"):
         assert (res / "data" / f"{part}.safetensors").is_file()
+    # shot 1 of every experiment reads the dense model's curvature, estimated once
+    assert not (res / "surgeon" / "shot-1" / "curvature.h5").exists()
     for shot in (1, 2):
-        h5 = res / "surgeon" / f"shot-{shot}" / "curvature.h5"
+        h5 = res / "dense/curvature.h5" if shot == 1 else res / "surgeon/shot-2/curvature.h5"
         with h5py.File(h5, "r") as f:
             assert len(f) == 14 and "data_sha256" in f.attrs and "model_sha256" in f.attrs
             grp = f["model.layers.0.mlp.down_proj"]
             assert grp["A"].shape == (64, 64) and grp["G"].shape == (32, 32)
             assert grp.attrs["tokens"] == 4 * 32 and grp.attrs["fisher"] == "empirical"
-        assert not (res / "surgeon" / f"shot-{shot}" / "curvature.ckpt").exists()
+        assert not h5.with_suffix(".ckpt").exists()
         model = res / "surgeon" / f"shot-{shot}" / "model"
         assert (model / "mask.safetensors").is_file()
         manifest = json.loads((model / "manifest.json").read_text())
@@ -77,9 +80,13 @@ def test_summary_table(finished_run):
                 "params", "ppl"}
     assert required <= set(rows[0])
     by_key = {(r["experiment"], int(r["shot"])): r for r in rows}
-    assert set(by_key) == {("dense", 0), ("surgeon", 1), ("surgeon", 2), ("magnitude", 1)}
+    assert set(by_key) == {("dense", 0), ("surgeon", 1), ("surgeon", 2), ("magnitude", 1),
+                           ("wanda-24", 1)}
+    m = json.loads((finished_run / "results/tiny/wanda-24/shot-1/model/manifest.json").read_text())
+    assert m["inputs"]["curvature"]["path"].endswith("tiny/dense/curvature.h5")
+    assert by_key[("wanda-24", 1)]["structure"] == "2:4"
     assert abs(float(by_key[("surgeon", 1)]["sparsity"]) - 0.25) < 1e-3
-    for key in [("surgeon", 2), ("magnitude", 1)]:
+    for key in [("surgeon", 2), ("magnitude", 1), ("wanda-24", 1)]:
         assert abs(float(by_key[key]["sparsity"]) - 0.5) < 1e-3
     assert all(float(r["ppl"]) > 1 for r in rows)
     # compression time adds up over shots; the pruning mask is not counted as model size
@@ -92,7 +99,7 @@ def test_summary_table(finished_run):
 def test_nothing_left_to_do_and_inspect(finished_run):
     dry = snakemake(finished_run, "--configfile", str(finished_run / "config.yaml"), "-n")
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
-    h5 = finished_run / "results/tiny/surgeon/shot-1/curvature.h5"
+    h5 = finished_run / "results/tiny/dense/curvature.h5"
     out = subprocess.run([sys.executable, "-m", "surgeon", "inspect", str(h5)],
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0].split()[:3] == ["layer", "shape", "tokens"]

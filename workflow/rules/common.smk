@@ -14,7 +14,7 @@ wildcard_constraints:
 
 
 MODEL = config["model"]["name"]
-CURVATURE_METHODS = {"llm-surgeon"}
+CURVATURE_METHODS = {"llm-surgeon", "k-obd", "l-obd", "sparsegpt", "wanda"}
 EXPERIMENT_DEFAULTS = {
     "shots": 1,
     "damping_g": 0.1,
@@ -49,10 +49,17 @@ def previous_model(wildcards):
     return shot_path(wildcards, shot - 1, "model")
 
 
+def curvature_of_shot(wildcards):
+    """Shot 1 uses the dense model's curvature (shared by all experiments); shot k its own."""
+    if int(wildcards.shot) == 1:
+        return f"results/{wildcards.model}/dense/curvature.h5"
+    return shot_path(wildcards, wildcards.shot, "curvature.h5")
+
+
 def prune_inputs(wildcards):
     inputs = {"model": previous_model(wildcards)}
     if experiment(wildcards.experiment)["method"] in CURVATURE_METHODS:
-        inputs["curvature"] = shot_path(wildcards, wildcards.shot, "curvature.h5")
+        inputs["curvature"] = curvature_of_shot(wildcards)
     return inputs
 
 

@@ -1,4 +1,5 @@
 # K-FAC curvature of every decoder Linear, estimated on the model of the previous shot.
+# Shot 1 of every experiment reads the dense model's curvature, estimated once.
 
 
 rule estimate_curvature:
@@ -11,12 +12,14 @@ rule estimate_curvature:
         "logs/{model}/{experiment}/estimate_curvature.shot-{shot}.log",
     benchmark:
         "benchmarks/{model}/{experiment}/estimate_curvature.shot-{shot}.tsv"
+    wildcard_constraints:
+        shot=r"[2-9]|[1-9]\d+",
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
     params:
         # running sums live outside `output` so a retried job resumes instead of restarting
-        checkpoint="results/{model}/{experiment}/shot-{shot}/curvature.ckpt",
+        checkpoint=lambda wildcards, output: output[0].removesuffix(".h5") + ".ckpt",
         fisher=config["curvature"]["fisher"],
         batch_size=config["curvature"]["batch_size"],
         every=config["curvature"]["checkpoint_every"],
@@ -27,3 +30,15 @@ rule estimate_curvature:
         " --out {output} --fisher {params.fisher} --batch-size {params.batch_size}"
         " --checkpoint {params.checkpoint} --checkpoint-every {params.every}"
         " --seed {params.seed} --device {params.device} 2>&1 | tee {log}"
+
+
+use rule estimate_curvature as estimate_dense_curvature with:
+    input:
+        model="results/{model}/dense/model",
+        calibration="results/{model}/data/calibration.safetensors",
+    output:
+        "results/{model}/dense/curvature.h5",
+    log:
+        "logs/{model}/dense/estimate_curvature.log",
+    benchmark:
+        "benchmarks/{model}/dense/estimate_curvature.tsv"

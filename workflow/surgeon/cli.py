@@ -135,8 +135,6 @@ def cmd_prune(args):
         raise SurgeonError(f"target {args.target} is outside [0, 1)")
     if not 1 <= args.shot <= args.shots:
         raise SurgeonError(f"shot {args.shot} is outside 1..{args.shots}")
-    if args.structure != "unstructured":
-        raise SurgeonError(f"structure '{args.structure}' is not supported by this stage yet")
     fraction = linear_schedule(args.target, args.shots, args.shot)
     model = load_model(args.model, "cpu")
     tokenizer = load_tokenizer(args.model)
@@ -144,7 +142,7 @@ def cmd_prune(args):
     masks = prune_shot(model, args.method, fraction, removed,
                        Path(args.curvature) if args.curvature else None,
                        args.damping_g, args.damping_a, args.group_elements,
-                       device=str(resolve_device(args.device)))
+                       device=str(resolve_device(args.device)), structure=args.structure)
     inputs = {"model": args.model}
     if args.curvature:
         inputs["curvature"] = args.curvature

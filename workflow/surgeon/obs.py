@@ -48,10 +48,10 @@ def element_costs(W: torch.Tensor, gi_diag: torch.Tensor, ai_diag: torch.Tensor)
     return 0.5 * W.square() / (gi_diag[:, None] * ai_diag[None, :])
 
 
-def obd_element_costs(W: torch.Tensor, G: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """K-OBD cost (no update): 0.5 W_rc^2 G_rr A_cc."""
+def obd_element_costs(W: torch.Tensor, g_diag: torch.Tensor, a_diag: torch.Tensor) -> torch.Tensor:
+    """K-OBD cost (no update): 0.5 W_rc^2 G_rr A_cc; L-OBD passes g_diag = 1 (G = I)."""
     W = W.double()
-    return 0.5 * W.square() * G.diagonal().double()[:, None] * A.diagonal().double()[None, :]
+    return 0.5 * W.square() * g_diag.double()[:, None] * a_diag.double()[None, :]
 
 
 def row_groups(counts: torch.Tensor, group_elements: int) -> list[torch.Tensor]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,9 +16,26 @@ from .artifacts import MASK_FILE
 from .curvature_store import open_curvature, read_factors
 from .errors import SurgeonError
 from .models import decoder_linears, set_weight_with_bias, weight_with_bias
-from .threshold import global_threshold, smallest_k_mask
+from .selection import NM_DENSITY, select_elements
+from .sparsegpt import sparsegpt_prune
+from .wanda import wanda_scores
 
-METHODS = {"llm-surgeon": True, "magnitude": False}  # method -> needs curvature
+
+@dataclass(frozen=True)
+class Method:
+    curvature: bool  # reads the shot's curvature file
+    scope: str  # which costs compete: global, layer or row (see selection.py)
+    structures: tuple[str, ...]
+
+
+METHODS = {
+    "llm-surgeon": Method(True, "global", ("unstructured", "2:4")),
+    "k-obd": Method(True, "global", ("unstructured", "2:4")),
+    "l-obd": Method(True, "global", ("unstructured", "2:4")),
+    "sparsegpt": Method(True, "layer", ("unstructured", "2:4")),
+    "wanda": Method(True, "row", ("unstructured", "2:4")),
+    "magnitude": Method(False, "layer", ("unstructured", "2:4")),
+}
 REMOVED = -1.0  # cost of an already-removed element: always chosen first
 
 
@@ -34,14 +53,46 @@ def decoder_weights(model) -> dict[str, torch.Tensor]:
     return {n: weight_with_bias(layer).cpu() for n, layer in decoder_linears(model).items()}
 
 
-def magnitude_masks(weights, removed, fraction: float) -> dict[str, torch.Tensor]:
-    """Per layer: remove the smallest |W| until `fraction` of the layer is removed."""
-    out = {}
-    for n, W in weights.items():
-        cost = W.abs().double()
-        cost[removed[n]] = REMOVED
-        out[n] = smallest_k_mask(cost, round(fraction * W.numel()))
-    return out
+def element_costs(method: str, W: torch.Tensor, A=None, G=None) -> torch.Tensor:
+    """Costs of methods that only zero weights (no update); lower = removed first."""
+    if method == "magnitude":
+        return W.abs().double()
+    if method == "wanda":
+        return wanda_scores(W, A.diagonal())
+    g_diag = G.diagonal() if method == "k-obd" else torch.ones(W.shape[0])
+    return obs.obd_element_costs(W, g_diag, A.diagonal())
+
+
+def zeroing_shot(method, weights, removed, fraction, structure, weight_cols, curvature=None):
+    """Magnitude, Wanda, K-OBD, L-OBD: costs, selection, zeroing without any update."""
+    costs = {}
+    with open_curvature(curvature) if curvature else contextlib.nullcontext() as f:
+        for n, W in weights.items():
+            A = G = None
+            if f is not None:
+                A, G = read_factors(f, n)
+                check_shapes(n, W, A, G)
+            cost = element_costs(method, W, A, G).float()
+            cost[removed[n]] = REMOVED
+            costs[n] = cost
+    masks = select_elements(costs, removed, fraction, structure, METHODS[method].scope,
+                            weight_cols)
+    return {n: W.masked_fill(masks[n], 0.0) for n, W in weights.items()}, masks
+
+
+def sparsegpt_shot(weights, removed, fraction, structure, weight_cols, curvature, progress=True,
+                   device="cpu"):
+    """SparseGPT per layer with H = the layer's K-FAC A factor."""
+    new_weights, masks = {}, {}
+    nm = (2, 4) if structure == "2:4" else None
+    with open_curvature(curvature) as f:
+        for n, W in tqdm(weights.items(), desc="sparsegpt", disable=not progress):
+            A, G = read_factors(f, n)
+            check_shapes(n, W, A, G)
+            Wn, mask = sparsegpt_prune(W.to(device), A.to(device), fraction,
+                                       removed[n].to(device), weight_cols[n], nm)
+            new_weights[n], masks[n] = Wn.cpu(), mask.cpu()
+    return new_weights, masks
 
 
 def layer_inverses(f, weights, damp_g: float, damp_a: float, progress: bool = True,
@@ -61,14 +112,15 @@ def layer_inverses(f, weights, damp_g: float, damp_a: float, progress: bool = Tr
         yield n, ~dead_r, ~dead_c, Gi, shared[key]
 
 
-def surgeon_unstructured(weights, removed, curvature: Path, fraction: float, damp_g: float,
-                         damp_a: float, group_elements: int, progress: bool = True,
-                         cache_bytes: float = 6e9, device: str = "cpu"):
-    """LLM Surgeon, unstructured: global OBS threshold, then row-grouped correlated updates.
+def surgeon_elements(weights, removed, curvature: Path, fraction: float, damp_g: float,
+                     damp_a: float, group_elements: int, progress: bool = True,
+                     cache_bytes: float = 6e9, device: str = "cpu",
+                     structure: str = "unstructured", weight_cols: dict | None = None):
+    """LLM Surgeon, unstructured or 2:4: global OBS threshold over element (or block) costs,
+    then row-grouped correlated updates of the chosen elements.
 
     Inverses from the cost pass are kept for the update pass when they fit in `cache_bytes`.
     """
-    total = sum(W.numel() for W in weights.values())
     inverse_bytes = sum(8 * (W.shape[0] ** 2 + W.shape[1] ** 2) for W in weights.values())
     cache = {} if inverse_bytes <= cache_bytes else None
     costs = {}
@@ -84,7 +136,7 @@ def surgeon_unstructured(weights, removed, curvature: Path, fraction: float, dam
             costs[n] = cost
             if cache is not None:
                 cache[n] = (lr, lc, Gi, Ai)
-        masks = global_threshold(costs, round(fraction * total))
+        masks = select_elements(costs, removed, fraction, structure, "global", weight_cols)
         del costs
 
         def update(item):
@@ -129,23 +181,39 @@ def check_shapes(name, W, A, G):
         )
 
 
-def prune_shot(model, method: str, fraction: float, removed, curvature: Path | None = None,
-               damp_g: float = 0.1, damp_a: float = 0.01, group_elements: int = 256,
-               progress: bool = True, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Prune `model` in place to a cumulative removed `fraction`; returns the masks."""
+def check_method(method: str, structure: str, fraction: float) -> Method:
     if method not in METHODS:
         raise SurgeonError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
+    m = METHODS[method]
+    if structure not in m.structures:
+        raise SurgeonError(f"method {method} does not support structure '{structure}'; "
+                           f"it supports: {', '.join(m.structures)}")
+    if structure == "2:4" and fraction > NM_DENSITY:
+        raise SurgeonError(f"2:4 removes at most {NM_DENSITY} of the weights, not {fraction}")
+    return m
+
+
+def prune_shot(model, method: str, fraction: float, removed, curvature: Path | None = None,
+               damp_g: float = 0.1, damp_a: float = 0.01, group_elements: int = 256,
+               progress: bool = True, device: str = "cpu",
+               structure: str = "unstructured") -> dict[str, torch.Tensor]:
+    """Prune `model` in place to a cumulative removed `fraction`; returns the masks."""
+    m = check_method(method, structure, fraction)
+    if m.curvature and curvature is None:
+        raise SurgeonError(f"method {method} needs a curvature file")
     weights = decoder_weights(model)
-    if method == "magnitude":
-        masks = magnitude_masks(weights, removed, fraction)
-        new_weights = {n: W.masked_fill(masks[n], 0.0) for n, W in weights.items()}
-    else:
-        if curvature is None:
-            raise SurgeonError(f"method {method} needs a curvature file")
-        new_weights, masks = surgeon_unstructured(
+    weight_cols = {n: layer.in_features for n, layer in decoder_linears(model).items()}
+    if method == "llm-surgeon":
+        new_weights, masks = surgeon_elements(
             weights, removed, curvature, fraction, damp_g, damp_a, group_elements, progress,
-            device=device,
+            device=device, structure=structure, weight_cols=weight_cols,
         )
+    elif method == "sparsegpt":
+        new_weights, masks = sparsegpt_shot(weights, removed, fraction, structure, weight_cols,
+                                            curvature, progress, device)
+    else:
+        new_weights, masks = zeroing_shot(method, weights, removed, fraction, structure,
+                                          weight_cols, curvature if m.curvature else None)
     for n, layer in decoder_linears(model).items():
         set_weight_with_bias(layer, new_weights[n].to(layer.weight.device, layer.weight.dtype))
     return masks
