@@ -35,6 +35,8 @@ def tiny_config(model_dir):
                         "shots": 2, "group_elements": 64},
             "magnitude": {"method": "magnitude", "structure": "unstructured", "target": 0.5},
             "wanda-24": {"method": "wanda", "structure": "2:4", "target": 0.5},
+            "structured-lora": {"method": "llm-surgeon", "structure": "structured",
+                                "target": 0.2, "lora_steps": 2, "lora_windows": 2},
         },
     }
 
@@ -81,7 +83,12 @@ def test_summary_table(finished_run):
     assert required <= set(rows[0])
     by_key = {(r["experiment"], int(r["shot"])): r for r in rows}
     assert set(by_key) == {("dense", 0), ("surgeon", 1), ("surgeon", 2), ("magnitude", 1),
-                           ("wanda-24", 1)}
+                           ("wanda-24", 1), ("structured-lora", 1)}
+    m = json.loads((finished_run / "results/tiny/structured-lora/shot-1/model/manifest.json")
+                   .read_text())
+    assert m["config"]["damping_g"] == 0.01 and m["low_rank_correction"]["steps"] == 2
+    assert m["inputs"]["calibration"]["path"].endswith("calibration.safetensors")
+    assert float(by_key[("structured-lora", 1)]["sparsity"]) >= 0.2
     m = json.loads((finished_run / "results/tiny/wanda-24/shot-1/model/manifest.json").read_text())
     assert m["inputs"]["curvature"]["path"].endswith("tiny/dense/curvature.h5")
     assert by_key[("wanda-24", 1)]["structure"] == "2:4"

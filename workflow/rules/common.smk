@@ -15,18 +15,14 @@ wildcard_constraints:
 
 MODEL = config["model"]["name"]
 CURVATURE_METHODS = {"llm-surgeon", "k-obd", "l-obd", "sparsegpt", "wanda"}
-EXPERIMENT_DEFAULTS = {
-    "shots": 1,
-    "damping_g": 0.1,
-    "damping_a": 0.01,
-    "group_elements": 256,
-    "evaluate_shots": "all",
-}
+CALIBRATION_METHODS = {"llm-pruner"}  # methods that read calibration windows in prune
 
 
 def experiment(name):
-    """An experiment's settings with the schema defaults filled in."""
-    return {**EXPERIMENT_DEFAULTS, **config["experiments"][name]}
+    """An experiment's settings; damping of G defaults to 0.01 structured, 0.1 otherwise."""
+    exp = config["experiments"][name]
+    damping_g = 0.01 if exp["structure"] == "structured" else 0.1
+    return {"damping_g": damping_g, **exp}
 
 
 def setting(key):
@@ -57,10 +53,22 @@ def curvature_of_shot(wildcards):
 
 
 def prune_inputs(wildcards):
+    exp = experiment(wildcards.experiment)
     inputs = {"model": previous_model(wildcards)}
-    if experiment(wildcards.experiment)["method"] in CURVATURE_METHODS:
+    if exp["method"] in CURVATURE_METHODS:
         inputs["curvature"] = curvature_of_shot(wildcards)
+    if exp["method"] in CALIBRATION_METHODS or exp["lora_steps"] > 0:
+        inputs["calibration"] = (
+            f"results/{wildcards.model}/data/calibration.safetensors"
+        )
     return inputs
+
+
+def optional_inputs(wildcards, input):
+    """--curvature / --calibration for the inputs this shot has."""
+    return " ".join(
+        f"--{k} {input[k]}" for k in ("curvature", "calibration") if k in input.keys()
+    )
 
 
 def evaluated_shots(name):

@@ -22,13 +22,18 @@ rule prune_shot:
         damping_a=setting("damping_a"),
         group_elements=setting("group_elements"),
         device=config["device"],
-        curvature=lambda wildcards, input: (
-            f"--curvature {input.curvature}" if "curvature" in input.keys() else ""
-        ),
+        optional=optional_inputs,
+        lora_steps=setting("lora_steps"),
+        lora_rank=setting("lora_rank"),
+        lora_lr=setting("lora_lr"),
+        lora_windows=setting("lora_windows"),
+        seed=config["data"]["seed"],
     shell:
         "surgeon --threads {threads} prune --model {input.model} --method {params.method}"
         " --structure {params.structure} --target {params.target}"
-        " --shots {params.shots} --shot {wildcards.shot} {params.curvature}"
+        " --shots {params.shots} --shot {wildcards.shot} {params.optional}"
         " --damping-g {params.damping_g} --damping-a {params.damping_a}"
         " --group-elements {params.group_elements} --device {params.device}"
+        " --lora-steps {params.lora_steps} --lora-rank {params.lora_rank}"
+        " --lora-lr {params.lora_lr} --lora-windows {params.lora_windows} --seed {params.seed}"
         " --out {output} 2>&1 | tee {log}"

@@ -139,21 +139,48 @@ def cmd_prune(args):
     model = load_model(args.model, "cpu")
     tokenizer = load_tokenizer(args.model)
     removed = load_mask(args.model, decoder_weights(model))
+    windows = _windows_io()[1](args.calibration)[0] if args.calibration else None
     masks = prune_shot(model, args.method, fraction, removed,
                        Path(args.curvature) if args.curvature else None,
                        args.damping_g, args.damping_a, args.group_elements,
-                       device=str(resolve_device(args.device)), structure=args.structure)
+                       device=str(resolve_device(args.device)), structure=args.structure,
+                       calibration=windows)
+    correction = None
+    if args.lora_steps > 0:
+        correction = _low_rank_correction(model, windows, masks, args)
     inputs = {"model": args.model}
-    if args.curvature:
-        inputs["curvature"] = args.curvature
+    for name in ("curvature", "calibration"):
+        if getattr(args, name):
+            inputs[name] = getattr(args, name)
     config = {k: getattr(args, k) for k in ("method", "structure", "target", "shots", "shot",
-                                            "damping_g", "damping_a", "group_elements")}
+                                            "damping_g", "damping_a", "group_elements",
+                                            "lora_steps", "lora_rank", "lora_lr",
+                                            "lora_windows")}
     with atomic_path(args.out, directory=True) as tmp:
         save_model(model, tokenizer, tmp)
         save_mask(tmp / MASK_FILE, masks)
-        m = manifest("prune", inputs, config, start, cumulative_fraction=fraction)
+        m = manifest("prune", inputs, config, start, cumulative_fraction=fraction,
+                     low_rank_correction=correction)
         m["compress_wall_s"] = round(m["wall_time_s"] + _earlier_wall(args), 3)
         write_json(tmp / "manifest.json", m)
+
+
+def _low_rank_correction(model, windows, masks, args) -> dict:
+    """Masked LoRA on the first `lora_windows` calibration windows, merged (ALGORITHMS.md 6)."""
+    from .lora import lora_correct
+    from .models import decoder_linears, resolve_device
+
+    if windows is None:
+        raise SurgeonError("the low-rank correction needs --calibration windows")
+    layers = decoder_linears(model)
+    weight_masks = {n: m[:, : layers[n].in_features] for n, m in masks.items()}
+    model.to(resolve_device(args.device))
+    try:
+        return lora_correct(model, windows[: args.lora_windows], weight_masks,
+                            rank=args.lora_rank, alpha=2 * args.lora_rank,
+                            steps=args.lora_steps, lr=args.lora_lr, seed=args.seed)
+    finally:
+        model.to("cpu")
 
 
 def _earlier_wall(args) -> float:
@@ -254,6 +281,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--shots", type=int, default=1)
     s.add_argument("--shot", type=int, default=1)
     s.add_argument("--curvature", default="")
+    s.add_argument("--calibration", default="",
+                   help="token windows (llm-pruner gradients, low-rank correction)")
+    s.add_argument("--lora-steps", type=int, default=0,
+                   help="masked LoRA steps after the shot, merged (0 = no correction)")
+    s.add_argument("--lora-rank", type=int, default=8)
+    s.add_argument("--lora-lr", type=float, default=1e-4)
+    s.add_argument("--lora-windows", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--damping-g", type=float, default=0.1)
     s.add_argument("--damping-a", type=float, default=0.01)
     s.add_argument("--group-elements", type=int, default=256)

@@ -15,9 +15,11 @@ from . import obs
 from .artifacts import MASK_FILE
 from .curvature_store import open_curvature, read_factors
 from .errors import SurgeonError
+from .llm_pruner import coupled_groups, group_scores, llm_pruner_masks, taylor_importance
 from .models import decoder_linears, set_weight_with_bias, weight_with_bias
 from .selection import NM_DENSITY, select_elements
 from .sparsegpt import sparsegpt_prune
+from .structured import obs_structured_update, structure_costs, structured_threshold
 from .wanda import wanda_scores
 
 
@@ -28,14 +30,18 @@ class Method:
     structures: tuple[str, ...]
 
 
+ALL = ("unstructured", "2:4", "structured")
 METHODS = {
-    "llm-surgeon": Method(True, "global", ("unstructured", "2:4")),
-    "k-obd": Method(True, "global", ("unstructured", "2:4")),
-    "l-obd": Method(True, "global", ("unstructured", "2:4")),
+    "llm-surgeon": Method(True, "global", ALL),
+    "k-obd": Method(True, "global", ALL),
+    "l-obd": Method(True, "global", ALL),
     "sparsegpt": Method(True, "layer", ("unstructured", "2:4")),
     "wanda": Method(True, "row", ("unstructured", "2:4")),
-    "magnitude": Method(False, "layer", ("unstructured", "2:4")),
+    "magnitude": Method(False, "layer", ALL),
+    "llm-pruner": Method(False, "layer", ("structured",)),
 }
+STRUCTURE_COSTS = {"llm-surgeon": "obs", "k-obd": "k-obd", "l-obd": "l-obd",
+                   "magnitude": "magnitude"}
 REMOVED = -1.0  # cost of an already-removed element: always chosen first
 
 
@@ -173,6 +179,90 @@ def surgeon_elements(weights, removed, curvature: Path, fraction: float, damp_g:
     return new_weights, masks
 
 
+def structured_shot(method, weights, removed, fraction, curvature, damp_g, damp_a,
+                    progress=True, device="cpu", cache_bytes: float = 6e9):
+    """Rows and columns in one pool (global, or per layer for magnitude), then updates.
+
+    LLM Surgeon updates the kept weights (row and column OBS updates summed); the baselines only
+    zero. Dead rows/columns (zero weights or zero curvature diagonal) cost -1: they are taken
+    first and count toward the target, which frees coupled structures across shots.
+    """
+    kind = STRUCTURE_COSTS[method]
+    inverse_bytes = sum(8 * (W.shape[0] ** 2 + W.shape[1] ** 2) for W in weights.values())
+    cache = {} if kind == "obs" and inverse_bytes <= cache_bytes else None
+    row_pools, col_pools = {}, {}
+    with open_curvature(curvature) if curvature else contextlib.nullcontext() as f:
+        inverses = layer_inverses(f, weights, damp_g, damp_a, progress, device) \
+            if kind == "obs" else None
+        for n, W in weights.items():
+            W = W.to(device)
+            A = G = Gi = Ai = None
+            if f is not None:
+                A, G = (x.to(device) for x in read_factors(f, n))
+                check_shapes(n, W, A, G)
+                lr, lc = (~d for d in obs.dead_structures(W, G, A))
+            else:
+                lr, lc = W.ne(0).any(dim=1), W.ne(0).any(dim=0)
+            if inverses is not None:
+                _, lr, lc, Gi, Ai = next(inverses)
+                if cache is not None:
+                    cache[n] = (lr, lc, Gi, Ai)
+            live_g = None if G is None else G[lr][:, lr]
+            live_a = None if A is None else A[lc][:, lc]
+            rc, cc = structure_costs(kind, W[lr][:, lc], live_g, live_a,
+                                     None if Gi is None else Gi.diagonal(),
+                                     None if Ai is None else Ai.diagonal())
+            row_pools[n] = torch.full((W.shape[0],), REMOVED, dtype=torch.float64)
+            col_pools[n] = torch.full((W.shape[1],), REMOVED, dtype=torch.float64)
+            row_pools[n][lr.cpu()] = rc.double().cpu()
+            col_pools[n][lc.cpu()] = cc.double().cpu()
+        if METHODS[method].scope == "global":
+            total = sum(W.numel() for W in weights.values())
+            chosen = structured_threshold(row_pools, col_pools, round(fraction * total))
+        else:
+            chosen = {}
+            for n, W in weights.items():
+                chosen.update(structured_threshold({n: row_pools[n]}, {n: col_pools[n]},
+                                                   round(fraction * W.numel())))
+        if kind == "obs" and cache is None:
+            cache = {n: rest for n, *rest in layer_inverses(f, weights, damp_g, damp_a, False,
+                                                            device)}
+    new_weights, masks = {}, {}
+    for n, W in weights.items():
+        rows, cols = chosen[n]
+        out = W.clone()
+        if kind == "obs":
+            lr, lc, Gi, Ai = cache.pop(n)
+            lr, lc = lr.cpu(), lc.cpu()
+            out = torch.zeros_like(W)
+            out[lr.nonzero()[:, :1], lc.nonzero()[:, 0]] = obs_structured_update(
+                W[lr][:, lc].to(device), Gi, Ai, rows[lr].to(device), cols[lc].to(device)
+            ).to("cpu", W.dtype)
+        masks[n] = rows[:, None] | cols[None, :] | removed[n]
+        new_weights[n] = out.masked_fill(masks[n], 0.0)
+    return new_weights, masks
+
+
+def llm_pruner_shot(model, fraction, windows, device="cpu"):
+    """LLM-Pruner: coupled groups, first-order Taylor importance, uniform per-block counts."""
+    if windows is None:
+        raise SurgeonError("llm-pruner needs calibration windows for its gradients")
+    model.to(device)
+    try:
+        groups = coupled_groups(model)
+        scores = group_scores(groups, taylor_importance(model, windows))
+        chosen = llm_pruner_masks(model, groups, scores, fraction)
+    finally:
+        model.to("cpu")
+    masks = {}
+    for n, layer in decoder_linears(model).items():
+        rows, cols = (x.cpu() for x in chosen[n])
+        if layer.bias is not None:  # the bias column is never a removable column
+            cols = torch.cat([cols, torch.zeros(1, dtype=torch.bool)])
+        masks[n] = rows[:, None] | cols[None, :]
+    return masks
+
+
 def check_shapes(name, W, A, G):
     if A.shape != (W.shape[1], W.shape[1]) or G.shape != (W.shape[0], W.shape[0]):
         raise SurgeonError(
@@ -196,18 +286,30 @@ def check_method(method: str, structure: str, fraction: float) -> Method:
 def prune_shot(model, method: str, fraction: float, removed, curvature: Path | None = None,
                damp_g: float = 0.1, damp_a: float = 0.01, group_elements: int = 256,
                progress: bool = True, device: str = "cpu",
-               structure: str = "unstructured") -> dict[str, torch.Tensor]:
-    """Prune `model` in place to a cumulative removed `fraction`; returns the masks."""
+               structure: str = "unstructured",
+               calibration: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Prune `model` in place to a cumulative removed `fraction`; returns the masks.
+
+    `calibration` (token windows) is read by methods that need gradients (llm-pruner).
+    """
     m = check_method(method, structure, fraction)
     if m.curvature and curvature is None:
         raise SurgeonError(f"method {method} needs a curvature file")
     weights = decoder_weights(model)
     weight_cols = {n: layer.in_features for n, layer in decoder_linears(model).items()}
-    if method == "llm-surgeon":
+    if method == "llm-surgeon" and structure != "structured":
         new_weights, masks = surgeon_elements(
             weights, removed, curvature, fraction, damp_g, damp_a, group_elements, progress,
             device=device, structure=structure, weight_cols=weight_cols,
         )
+    elif method == "llm-pruner":
+        masks = llm_pruner_shot(model, fraction, calibration, device)
+        masks = {n: m | removed[n] for n, m in masks.items()}
+        new_weights = {n: W.masked_fill(masks[n], 0.0) for n, W in weights.items()}
+    elif structure == "structured":
+        new_weights, masks = structured_shot(method, weights, removed, fraction,
+                                             curvature if m.curvature else None, damp_g, damp_a,
+                                             progress, device)
     elif method == "sparsegpt":
         new_weights, masks = sparsegpt_shot(weights, removed, fraction, structure, weight_cols,
                                             curvature, progress, device)

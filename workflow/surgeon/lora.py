@@ -1,0 +1,191 @@
+"""Interleaved low-rank first-order corrections (ALGORITHMS.md section 6).
+
+Between pruning shots the model is no longer at an optimum of the loss. `lora_correct` trains
+LoRA adapters (built with peft) on every decoder Linear with next-token cross-entropy on some
+calibration windows, with the base weights frozen, then merges them into the weights and
+re-applies the pruning mask, so the returned model is a plain HF model again with exactly the
+sparsity it came in with.
+
+How the adapters are kept from reviving pruned weights. For a layer with weight W (R x C),
+removed mask M (the caller's mask or W == 0) and adapter delta D = s * B @ A:
+
+* Whole removed rows and columns are masked in the factors: rows of B for removed output rows
+  and columns of A for removed input columns are zero at the start and set back to zero after
+  every optimizer step, so D is zero on them at every forward. This costs nothing and covers
+  structured pruning completely.
+* The removed elements left over (unstructured or semi-structured sparsity) are masked
+  elementwise by a forward hook on the peft layer, which subtracts their share of the adapter
+  output: y = base(x) + x D^T - x (D * M')^T = base(x) + x (D * ~M)^T, where M' is M without the
+  rows/columns above. Gradients flow through both terms, so the adapters train on exactly the
+  function that will survive the merge. The price is one dense matmul per masked Linear per
+  forward (the size of the layer's own), affordable for a correction of a few dozen steps, and
+  worth it: masking only after training would drop part of what was learnt and move the model
+  away from where training left it.
+* After training peft merges W += D and the mask is re-applied (W[M] = 0), which gives exactly
+  W + D * ~M: the trained function, with removed elements exactly zero.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .errors import SurgeonError
+from .evaluate import perplexity
+from .models import decoder_linears
+
+ADAPTER = "default"
+
+
+def evaluate_loss(model, windows: torch.Tensor, batch_size: int = 1) -> float:
+    """Mean over windows of the mean next-token cross-entropy (the log of `perplexity`)."""
+    return math.log(perplexity(model, windows, batch_size=batch_size, progress=False))
+
+
+def _next_token_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+def _removed_masks(linears: dict, masks: dict) -> dict[str, torch.Tensor]:
+    """Removed-element mask of every decoder Linear: the caller's mask OR'd with W == 0."""
+    unknown = sorted(set(masks) - set(linears))
+    if unknown:
+        raise SurgeonError(f"masks name layers that are not decoder Linears: {unknown[:3]}")
+    removed = {}
+    for name, layer in linears.items():
+        w = layer.weight.detach()
+        r = w == 0
+        if name in masks:
+            m = masks[name]
+            if tuple(m.shape) != tuple(w.shape):
+                raise SurgeonError(f"mask of {name} has shape {tuple(m.shape)}, "
+                                   f"weight has {tuple(w.shape)}")
+            r |= m.to(device=w.device, dtype=torch.bool)
+        removed[name] = r
+    return removed
+
+
+def _residual_hook(residual: torch.Tensor):
+    """Forward hook removing the adapter's contribution on the `residual` removed elements."""
+
+    def hook(module, args, output):
+        a = module.lora_A[ADAPTER].weight
+        b = module.lora_B[ADAPTER].weight
+        delta = torch.where(residual, b @ a, 0.0) * module.scaling[ADAPTER]
+        return output - F.linear(args[0].to(delta.dtype), delta).to(output.dtype)
+
+    return hook
+
+
+class _AdapterMask:
+    """Row/column masking of one peft layer's factors, plus the elementwise hook if needed."""
+
+    def __init__(self, module, removed: torch.Tensor):
+        self.module = module
+        self.dead_rows = removed.all(dim=1)  # removed output rows -> rows of B
+        self.dead_cols = removed.all(dim=0)  # removed input columns -> columns of A
+        residual = removed & ~self.dead_rows[:, None] & ~self.dead_cols[None, :]
+        self.handle = (module.register_forward_hook(_residual_hook(residual))
+                       if residual.any() else None)
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        self.module.lora_B[ADAPTER].weight[self.dead_rows] = 0
+        self.module.lora_A[ADAPTER].weight[:, self.dead_cols] = 0
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
+def _window_batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
+    """Index batches cycling through a seeded permutation of the n windows."""
+    order = torch.randperm(n, generator=generator)
+    for step in range(steps):
+        yield order[[(step * batch_size + j) % n for j in range(batch_size)]]
+
+
+def lora_correct(model, windows: torch.Tensor, masks: dict, rank: int = 8, alpha: float = 16,
+                 steps: int = 20, lr: float = 1e-4, batch_size: int = 1, seed: int = 0,
+                 progress: bool = True) -> dict:
+    """Train masked LoRA adapters on all decoder Linears, merge them, re-apply the masks.
+
+    `windows` (N, seqlen) token ids; `masks` maps decoder-Linear names to boolean tensors of the
+    weight's shape, True = removed (zeros in the weight count as removed too). The model is
+    changed in place (same object, class and state_dict keys) and comes back in the train/eval
+    modes and requires_grad flags it had. Training runs in eval mode (no dropout) with AdamW
+    (no weight decay) for `steps` steps of `batch_size` windows. Returns losses of the first and
+    last few steps, the step count and the number of trained adapter parameters.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if windows.ndim != 2 or len(windows) == 0:
+        raise SurgeonError(f"windows must be a non-empty (N, seqlen) tensor, "
+                           f"got {tuple(windows.shape)}")
+    if steps < 1 or batch_size < 1:
+        raise SurgeonError("lora steps and batch_size must be at least 1")
+    device = next(model.parameters()).device
+    linears = decoder_linears(model)
+    removed = _removed_masks(linears, masks)
+    modes = {name: m.training for name, m in model.named_modules()}
+    grads = {name: p.requires_grad for name, p in model.named_parameters()}
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+                        target_modules=list(linears))
+    rng_devices = []
+    if device.type == "cuda":
+        rng_devices = [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():  # peft asks the deprecated is_gradient_checkpointing
+            warnings.simplefilter("ignore", FutureWarning)
+            peft_model = get_peft_model(model, config)
+    losses, adapter_masks, params = [], [], []
+    trained = False
+    try:
+        wrapped = dict(peft_model.base_model.model.named_modules())
+        adapter_masks = [_AdapterMask(wrapped[name], removed[name]) for name in linears]
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        peft_model.eval()
+        batches = _window_batches(len(windows), batch_size, steps,
+                                  torch.Generator().manual_seed(seed))
+        bar = tqdm(batches, total=steps, desc="lora", disable=not progress)
+        for idx in bar:
+            loss = _next_token_loss(peft_model, windows[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for mask in adapter_masks:
+                mask.apply()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        trained = True
+    finally:  # a plain model again: merged when training finished, adapters dropped otherwise
+        for mask in adapter_masks:
+            mask.remove()
+        if trained:
+            peft_model.merge_and_unload()
+        else:
+            peft_model.unload()
+        with torch.no_grad():
+            for name, layer in linears.items():
+                layer.weight.masked_fill_(removed[name], 0)
+        for name, module in model.named_modules():
+            module.training = modes[name]
+        for name, p in model.named_parameters():
+            p.requires_grad_(grads[name])
+
+    few = max(1, min(5, steps // 4))
+    return {
+        "initial_loss": sum(losses[:few]) / few,
+        "final_loss": sum(losses[-few:]) / few,
+        "steps": steps,
+        "trainable_params": sum(p.numel() for p in params),
+    }
