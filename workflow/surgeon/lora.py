@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .curvature import window_loss
 from .errors import SurgeonError
 from .evaluate import perplexity
 from .models import decoder_linears
@@ -44,11 +45,6 @@ ADAPTER = "default"
 def evaluate_loss(model, windows: torch.Tensor, batch_size: int = 1) -> float:
     """Mean over windows of the mean next-token cross-entropy (the log of `perplexity`)."""
     return math.log(perplexity(model, windows, batch_size=batch_size, progress=False))
-
-
-def _next_token_loss(model, ids: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
 def _removed_masks(linears: dict, masks: dict) -> dict[str, torch.Tensor]:
@@ -158,7 +154,8 @@ def lora_correct(model, windows: torch.Tensor, masks: dict, rank: int = 8, alpha
                                   torch.Generator().manual_seed(seed))
         bar = tqdm(batches, total=steps, desc="lora", disable=not progress)
         for idx in bar:
-            loss = _next_token_loss(peft_model, windows[idx].to(device))
+            ids = windows[idx].to(device)
+            loss = window_loss(peft_model, ids, "empirical") / ids[:, 1:].numel()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

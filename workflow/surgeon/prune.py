@@ -20,6 +20,7 @@ from .models import decoder_linears, set_weight_with_bias, weight_with_bias
 from .selection import NM_DENSITY, select_elements
 from .sparsegpt import sparsegpt_prune
 from .structured import obs_structured_update, structure_costs, structured_threshold
+from .threshold import REMOVED
 from .wanda import wanda_scores
 
 
@@ -42,7 +43,6 @@ METHODS = {
 }
 STRUCTURE_COSTS = {"llm-surgeon": "obs", "k-obd": "k-obd", "l-obd": "l-obd",
                    "magnitude": "magnitude"}
-REMOVED = -1.0  # cost of an already-removed element: always chosen first
 
 
 def load_mask(model_dir: Path, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -73,11 +73,7 @@ def zeroing_shot(method, weights, removed, fraction, structure, weight_cols, cur
     """Magnitude, Wanda, K-OBD, L-OBD: costs, selection, zeroing without any update."""
     costs = {}
     with open_curvature(curvature) if curvature else contextlib.nullcontext() as f:
-        for n, W in weights.items():
-            A = G = None
-            if f is not None:
-                A, G = read_factors(f, n)
-                check_shapes(n, W, A, G)
+        for n, W, A, G, _, _ in layer_factors(f, weights):
             cost = element_costs(method, W, A, G).float()
             cost[removed[n]] = REMOVED
             costs[n] = cost
@@ -92,30 +88,47 @@ def sparsegpt_shot(weights, removed, fraction, structure, weight_cols, curvature
     new_weights, masks = {}, {}
     nm = (2, 4) if structure == "2:4" else None
     with open_curvature(curvature) as f:
-        for n, W in tqdm(weights.items(), desc="sparsegpt", disable=not progress):
-            A, G = read_factors(f, n)
-            check_shapes(n, W, A, G)
-            Wn, mask = sparsegpt_prune(W.to(device), A.to(device), fraction,
-                                       removed[n].to(device), weight_cols[n], nm)
+        for n, W, A, _, _, _ in tqdm(layer_factors(f, weights, device), total=len(weights),
+                                     desc="sparsegpt", disable=not progress):
+            Wn, mask = sparsegpt_prune(W, A, fraction, removed[n].to(device), weight_cols[n], nm)
             new_weights[n], masks[n] = Wn.cpu(), mask.cpu()
     return new_weights, masks
 
 
-def layer_inverses(f, weights, damp_g: float, damp_a: float, progress: bool = True,
-                   device: str = "cpu"):
-    """Per layer: live rows/cols and damped inverses (Gi, Ai); a shared A is inverted once."""
-    shared: dict[tuple, torch.Tensor] = {}
-    for n, W in tqdm(weights.items(), desc="inverses", disable=not progress):
-        A, G = (x.to(device) for x in read_factors(f, n))
+def layer_factors(f, weights, device: str = "cpu"):
+    """Per layer: (name, W, A, G, live rows, live columns) on `device`.
+
+    Without a curvature file (f is None) A and G are None and live means not all zero.
+    """
+    for n, W in weights.items():
         W = W.to(device)
+        if f is None:
+            yield n, W, None, None, W.ne(0).any(dim=1), W.ne(0).any(dim=0)
+            continue
+        A, G = (x.to(device) for x in read_factors(f, n))
         check_shapes(n, W, A, G)
         dead_r, dead_c = obs.dead_structures(W, G, A)
-        key = (f[n].attrs.get("A_shared_with", n), tuple(dead_c.nonzero().flatten().tolist()))
+        yield n, W, A, G, ~dead_r, ~dead_c
+
+
+def fits_in_cache(weights, cache_bytes: float) -> bool:
+    """Whether the float64 inverses Gi, Ai of every layer fit in `cache_bytes`."""
+    return sum(8 * (W.shape[0] ** 2 + W.shape[1] ** 2) for W in weights.values()) <= cache_bytes
+
+
+def layer_inverses(f, weights, damp_g: float, damp_a: float, progress: bool = True,
+                   device: str = "cpu"):
+    """Per layer: (name, W, A, G, live rows, live cols, Gi, Ai) with Gi, Ai the damped inverses
+    of the live sub-problem; an A shared by several layers is inverted once."""
+    shared: dict[tuple, torch.Tensor] = {}
+    for n, W, A, G, lr, lc in tqdm(layer_factors(f, weights, device), total=len(weights),
+                                   desc="inverses", disable=not progress):
+        key = (f[n].attrs.get("A_shared_with", n), tuple((~lc).nonzero().flatten().tolist()))
         if key not in shared:
             shared.clear()
-            shared[key] = obs.spd_inverse(obs.damped(A[~dead_c][:, ~dead_c], damp_a))
-        Gi = obs.spd_inverse(obs.damped(G[~dead_r][:, ~dead_r], damp_g))
-        yield n, ~dead_r, ~dead_c, Gi, shared[key]
+            shared[key] = obs.spd_inverse(obs.damped(A[lc][:, lc], damp_a))
+        Gi = obs.spd_inverse(obs.damped(G[lr][:, lr], damp_g))
+        yield n, W, A, G, lr, lc, Gi, shared[key]
 
 
 def surgeon_elements(weights, removed, curvature: Path, fraction: float, damp_g: float,
@@ -127,12 +140,11 @@ def surgeon_elements(weights, removed, curvature: Path, fraction: float, damp_g:
 
     Inverses from the cost pass are kept for the update pass when they fit in `cache_bytes`.
     """
-    inverse_bytes = sum(8 * (W.shape[0] ** 2 + W.shape[1] ** 2) for W in weights.values())
-    cache = {} if inverse_bytes <= cache_bytes else None
+    cache = {} if fits_in_cache(weights, cache_bytes) else None
     costs = {}
     with open_curvature(curvature) as f:
-        for n, lr, lc, Gi, Ai in layer_inverses(f, weights, damp_g, damp_a, progress, device):
-            W = weights[n].to(device)
+        for n, W, _, _, lr, lc, Gi, Ai in layer_inverses(f, weights, damp_g, damp_a, progress,
+                                                         device):
             ri, ci = torch.nonzero(lr).flatten().cpu(), torch.nonzero(lc).flatten().cpu()
             cost = torch.full(W.shape, REMOVED, dtype=torch.float32)
             cost[ri[:, None], ci] = obs.element_costs(
@@ -172,7 +184,7 @@ def surgeon_elements(weights, removed, curvature: Path, fraction: float, damp_g:
             finally:
                 torch.set_num_threads(threads)
         else:
-            for n, *rest in layer_inverses(f, weights, damp_g, damp_a, False, device):
+            for n, _, _, _, *rest in layer_inverses(f, weights, damp_g, damp_a, False, device):
                 new_weights[n] = update((n, rest))[1]
                 bar.update()
         bar.close()
@@ -188,28 +200,19 @@ def structured_shot(method, weights, removed, fraction, curvature, damp_g, damp_
     first and count toward the target, which frees coupled structures across shots.
     """
     kind = STRUCTURE_COSTS[method]
-    inverse_bytes = sum(8 * (W.shape[0] ** 2 + W.shape[1] ** 2) for W in weights.values())
-    cache = {} if kind == "obs" and inverse_bytes <= cache_bytes else None
+    cache = {} if kind == "obs" and fits_in_cache(weights, cache_bytes) else None
     row_pools, col_pools = {}, {}
     with open_curvature(curvature) if curvature else contextlib.nullcontext() as f:
-        inverses = layer_inverses(f, weights, damp_g, damp_a, progress, device) \
-            if kind == "obs" else None
-        for n, W in weights.items():
-            W = W.to(device)
-            A = G = Gi = Ai = None
-            if f is not None:
-                A, G = (x.to(device) for x in read_factors(f, n))
-                check_shapes(n, W, A, G)
-                lr, lc = (~d for d in obs.dead_structures(W, G, A))
-            else:
-                lr, lc = W.ne(0).any(dim=1), W.ne(0).any(dim=0)
-            if inverses is not None:
-                _, lr, lc, Gi, Ai = next(inverses)
-                if cache is not None:
-                    cache[n] = (lr, lc, Gi, Ai)
-            live_g = None if G is None else G[lr][:, lr]
-            live_a = None if A is None else A[lc][:, lc]
-            rc, cc = structure_costs(kind, W[lr][:, lc], live_g, live_a,
+        if kind == "obs":
+            layers = layer_inverses(f, weights, damp_g, damp_a, progress, device)
+        else:
+            layers = ((*item, None, None) for item in layer_factors(f, weights, device))
+        for n, W, A, G, lr, lc, Gi, Ai in layers:
+            if cache is not None:
+                cache[n] = (lr, lc, Gi, Ai)
+            rc, cc = structure_costs(kind, W[lr][:, lc],
+                                     None if G is None else G[lr][:, lr],
+                                     None if A is None else A[lc][:, lc],
                                      None if Gi is None else Gi.diagonal(),
                                      None if Ai is None else Ai.diagonal())
             row_pools[n] = torch.full((W.shape[0],), REMOVED, dtype=torch.float64)
@@ -224,13 +227,13 @@ def structured_shot(method, weights, removed, fraction, curvature, damp_g, damp_
             for n, W in weights.items():
                 chosen.update(structured_threshold({n: row_pools[n]}, {n: col_pools[n]},
                                                    round(fraction * W.numel())))
-        if kind == "obs" and cache is None:
-            cache = {n: rest for n, *rest in layer_inverses(f, weights, damp_g, damp_a, False,
-                                                            device)}
+        if kind == "obs" and cache is None:  # too large to keep: a second streamed pass
+            cache = {n: rest for n, _, _, _, *rest in layer_inverses(f, weights, damp_g, damp_a,
+                                                                     False, device)}
     new_weights, masks = {}, {}
     for n, W in weights.items():
         rows, cols = chosen[n]
-        out = W.clone()
+        out = W
         if kind == "obs":
             lr, lc, Gi, Ai = cache.pop(n)
             lr, lc = lr.cpu(), lc.cpu()

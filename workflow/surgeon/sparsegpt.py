@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .threshold import smallest_k_mask
-
-REMOVED = -1.0
+from .threshold import REMOVED, smallest_k_mask
 
 
 def upper_inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:

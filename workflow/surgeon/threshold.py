@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+REMOVED = -1.0  # cost of an already-removed element: below every real cost, chosen first
+
 
 def smallest_k_mask(costs: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of exactly the k smallest entries; ties broken by index order."""

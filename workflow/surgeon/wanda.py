@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-REMOVED = -1.0
+from .threshold import REMOVED
 
 
 def wanda_scores(W: torch.Tensor, a_diag: torch.Tensor) -> torch.Tensor:
