@@ -31,8 +31,9 @@ def tiny_config(model_dir):
                  "max_eval_windows": 8, "seed": 0},
         "curvature": {"checkpoint_every": 2},
         "experiments": {
+            # shot 2 is not kept: its model and curvature are temp files under scratch/
             "surgeon": {"method": "llm-surgeon", "structure": "unstructured", "target": 0.5,
-                        "shots": 2, "group_elements": 64},
+                        "shots": 3, "group_elements": 64, "keep_shots": [1]},
             "magnitude": {"method": "magnitude", "structure": "unstructured", "target": 0.5},
             "wanda-24": {"method": "wanda", "structure": "2:4", "target": 0.5},
             "structured-lora": {"method": "llm-surgeon", "structure": "structured",
@@ -58,8 +59,8 @@ def test_artifacts_of_every_stage(finished_run):
         assert (res / "data" / f"{part}.safetensors").is_file()
     # shot 1 of every experiment reads the dense model's curvature, estimated once
     assert not (res / "surgeon" / "shot-1" / "curvature.h5").exists()
-    for shot in (1, 2):
-        h5 = res / "dense/curvature.h5" if shot == 1 else res / "surgeon/shot-2/curvature.h5"
+    for shot in (1, 3):
+        h5 = res / "dense/curvature.h5" if shot == 1 else res / "surgeon/shot-3/curvature.h5"
         with h5py.File(h5, "r") as f:
             assert len(f) == 14 and "data_sha256" in f.attrs and "model_sha256" in f.attrs
             grp = f["model.layers.0.mlp.down_proj"]
@@ -70,9 +71,13 @@ def test_artifacts_of_every_stage(finished_run):
         assert (model / "mask.safetensors").is_file()
         manifest = json.loads((model / "manifest.json").read_text())
         assert manifest["inputs"]["curvature"]["sha256"]
-    # shot 2 reads shot 1's model
-    m2 = json.loads((res / "surgeon" / "shot-2" / "model" / "manifest.json").read_text())
-    assert m2["inputs"]["model"]["path"].endswith("surgeon/shot-1/model")
+    # the shot that is not kept was read by the next shot and its evaluation, then deleted
+    m3 = json.loads((res / "surgeon" / "shot-3" / "model" / "manifest.json").read_text())
+    assert m3["inputs"]["model"]["path"].endswith("surgeon/scratch/shot-2/model")
+    assert m3["inputs"]["curvature"]["path"].endswith("surgeon/shot-3/curvature.h5")
+    assert (res / "surgeon" / "eval" / "shot-2.json").is_file()
+    assert not [p for p in (res / "surgeon").rglob("*") if p.is_file() and "scratch" in p.parts]
+    assert not (res / "surgeon" / "shot-2").exists()
     assert not list(finished_run.rglob(".*.tmp-*"))  # no half-written artifact
 
 
@@ -82,8 +87,8 @@ def test_summary_table(finished_run):
                 "params", "ppl"}
     assert required <= set(rows[0])
     by_key = {(r["experiment"], int(r["shot"])): r for r in rows}
-    assert set(by_key) == {("dense", 0), ("surgeon", 1), ("surgeon", 2), ("magnitude", 1),
-                           ("wanda-24", 1), ("structured-lora", 1)}
+    assert set(by_key) == {("dense", 0), ("surgeon", 1), ("surgeon", 2), ("surgeon", 3),
+                           ("magnitude", 1), ("wanda-24", 1), ("structured-lora", 1)}
     m = json.loads((finished_run / "results/tiny/structured-lora/shot-1/model/manifest.json")
                    .read_text())
     assert m["config"]["damping_g"] == 0.01 and m["low_rank_correction"]["steps"] == 2
@@ -92,14 +97,15 @@ def test_summary_table(finished_run):
     m = json.loads((finished_run / "results/tiny/wanda-24/shot-1/model/manifest.json").read_text())
     assert m["inputs"]["curvature"]["path"].endswith("tiny/dense/curvature.h5")
     assert by_key[("wanda-24", 1)]["structure"] == "2:4"
-    assert abs(float(by_key[("surgeon", 1)]["sparsity"]) - 0.25) < 1e-3
-    for key in [("surgeon", 2), ("magnitude", 1), ("wanda-24", 1)]:
+    for shot in (1, 2):
+        assert abs(float(by_key[("surgeon", shot)]["sparsity"]) - shot / 6) < 1e-3
+    for key in [("surgeon", 3), ("magnitude", 1), ("wanda-24", 1)]:
         assert abs(float(by_key[key]["sparsity"]) - 0.5) < 1e-3
     assert all(float(r["ppl"]) > 1 for r in rows)
     # compression time adds up over shots; the pruning mask is not counted as model size
-    walls = [float(by_key[("surgeon", k)]["compress_wall_s"]) for k in (1, 2)]
-    assert 0 < walls[0] < walls[1]
-    assert by_key[("surgeon", 2)]["size_mb"] == by_key[("dense", 0)]["size_mb"]
+    walls = [float(by_key[("surgeon", k)]["compress_wall_s"]) for k in (1, 2, 3)]
+    assert 0 < walls[0] < walls[1] < walls[2]
+    assert by_key[("surgeon", 3)]["size_mb"] == by_key[("dense", 0)]["size_mb"]
     assert (finished_run / "results" / "report" / "summary.md").read_text().startswith("| model")
 
 
@@ -124,6 +130,11 @@ def test_config_errors_name_the_key(tmp_path, llama_dir):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
     r = snakemake(tmp_path, "--configfile", str(tmp_path / "bad.yaml"), "-n")
     assert r.returncode != 0 and "target" in r.stdout + r.stderr
+    cfg = tiny_config(llama_dir)
+    cfg["experiments"]["surgeon"]["keep_shots"] = [2, 5]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    r = snakemake(tmp_path, "--configfile", str(tmp_path / "bad.yaml"), "-n")
+    assert r.returncode != 0 and "surgeon.keep_shots: [5] beyond" in r.stdout + r.stderr
     assert not (tmp_path / "results").exists()
 
 

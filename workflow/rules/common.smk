@@ -25,15 +25,41 @@ def experiment(name):
     return {"damping_g": damping_g, **exp}
 
 
+def check_keep_shots():
+    """Cross-field check the schema cannot express: kept shots exist."""
+    for name, exp in config["experiments"].items():
+        keep = exp["keep_shots"]
+        beyond = [k for k in keep if k > exp["shots"]] if isinstance(keep, list) else []
+        if beyond:
+            raise ValueError(
+                f"experiments.{name}.keep_shots: {beyond} beyond its {exp['shots']} shots"
+            )
+
+
+check_keep_shots()
+
+
 def setting(key):
     """Input function for params: one value of the experiment named by the wildcard."""
     return lambda wildcards: experiment(wildcards.experiment)[key]
 
 
+def kept_shots(name):
+    """Shots whose model (and curvature) stay on disk; the final shot always does."""
+    exp = experiment(name)
+    keep = exp["keep_shots"]
+    if keep == "all":
+        return set(range(1, exp["shots"] + 1))
+    return {exp["shots"]} | (set() if keep == "final" else set(keep))
+
+
 def shot_path(wildcards, shot, name):
-    """results/<model>/<experiment>/shot-<k>/<name>"""
-    return "results/{}/{}/shot-{}/{}".format(
-        wildcards.model, wildcards.experiment, shot, name
+    """results/<model>/<experiment>/shot-<k>/<name> for a kept shot; a shot that is not kept
+    lives under scratch/ as a temp() file, deleted once the shots after it have read it.
+    """
+    scratch = "" if int(shot) in kept_shots(wildcards.experiment) else "scratch/"
+    return "results/{}/{}/{}shot-{}/{}".format(
+        wildcards.model, wildcards.experiment, scratch, shot, name
     )
 
 
@@ -57,6 +83,8 @@ def prune_inputs(wildcards):
     inputs = {"model": previous_model(wildcards)}
     if exp["method"] in CURVATURE_METHODS:
         inputs["curvature"] = curvature_of_shot(wildcards)
+        # its wall time is added to the compression time recorded by prune
+        inputs["curvature_manifest"] = inputs["curvature"] + ".manifest.json"
     if exp["method"] in CALIBRATION_METHODS or exp["lora_steps"] > 0:
         inputs["calibration"] = (
             f"results/{wildcards.model}/data/calibration.safetensors"
@@ -75,6 +103,8 @@ def evaluated_shots(name):
     exp = experiment(name)
     if exp["evaluate_shots"] == "final":
         return [exp["shots"]]
+    if exp["evaluate_shots"] == "kept":
+        return sorted(kept_shots(name))
     return list(range(1, exp["shots"] + 1))
 
 
@@ -90,7 +120,7 @@ def eval_files():
 def evaluated_model(wildcards):
     if wildcards.stage == "dense":
         return f"results/{wildcards.model}/dense/model"
-    return f"results/{wildcards.model}/{wildcards.experiment}/{wildcards.stage}/model"
+    return shot_path(wildcards, wildcards.stage.removeprefix("shot-"), "model")
 
 
 def eval_labels(wildcards):

@@ -7,7 +7,8 @@ rule estimate_curvature:
         model=previous_model,
         calibration="results/{model}/data/calibration.safetensors",
     output:
-        "results/{model}/{experiment}/shot-{shot}/curvature.h5",
+        h5="results/{model}/{experiment}/shot-{shot}/curvature.h5",
+        manifest="results/{model}/{experiment}/shot-{shot}/curvature.h5.manifest.json",
     log:
         "logs/{model}/{experiment}/estimate_curvature.shot-{shot}.log",
     benchmark:
@@ -27,7 +28,7 @@ rule estimate_curvature:
         device=config["device"],
     shell:
         "surgeon --threads {threads} curvature --model {input.model} --calibration {input.calibration}"
-        " --out {output} --fisher {params.fisher} --batch-size {params.batch_size}"
+        " --out {output.h5} --fisher {params.fisher} --batch-size {params.batch_size}"
         " --checkpoint {params.checkpoint} --checkpoint-every {params.every}"
         " --seed {params.seed} --device {params.device} 2>&1 | tee {log}"
 
@@ -37,8 +38,18 @@ use rule estimate_curvature as estimate_dense_curvature with:
         model="results/{model}/dense/model",
         calibration="results/{model}/data/calibration.safetensors",
     output:
-        "results/{model}/dense/curvature.h5",
+        h5="results/{model}/dense/curvature.h5",
+        manifest="results/{model}/dense/curvature.h5.manifest.json",
     log:
         "logs/{model}/dense/estimate_curvature.log",
     benchmark:
         "benchmarks/{model}/dense/estimate_curvature.tsv"
+
+
+# Curvature of a shot that is not kept: deleted once its prune has read it.
+use rule estimate_curvature as estimate_scratch_curvature with:
+    output:
+        h5=temp("results/{model}/{experiment}/scratch/shot-{shot}/curvature.h5"),
+        manifest=temp(
+            "results/{model}/{experiment}/scratch/shot-{shot}/curvature.h5.manifest.json"
+        ),

@@ -37,3 +37,10 @@ rule prune_shot:
         " --lora-steps {params.lora_steps} --lora-rank {params.lora_rank}"
         " --lora-lr {params.lora_lr} --lora-windows {params.lora_windows} --seed {params.seed}"
         " --out {output} 2>&1 | tee {log}"
+
+
+# A shot that is not in keep_shots: same job, written under scratch/ and deleted by Snakemake
+# once the next shot (and its evaluation, if any) have read it.
+use rule prune_shot as prune_scratch_shot with:
+    output:
+        temp(directory("results/{model}/{experiment}/scratch/shot-{shot}/model")),
