@@ -2,9 +2,6 @@
 # Run:  snakemake --cores 2 --configfile config/config.yaml   (see README.md)
 
 
-configfile: "config/config.yaml"
-
-
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/curvature.smk"

@@ -146,3 +146,26 @@ def test_lint_and_format():
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files],
                          capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule name -> job count."""
+    table = dry_run_output.split("Job stats:")[1].split("\n\n")[0]
+    rows = (line.split() for line in table.splitlines()[3:])
+    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[1].isdigit()}
+
+
+def test_paper_schedule_keeps_only_the_size_curve(tmp_path):
+    """The 40-shot structured preset: 5 kept shots (10..50%), 35 shot models and 34 curvature
+    files as temp scratch, and none of the default experiments (a preset replaces the default)."""
+    preset = REPO / "config/presets/structured-schedule.yaml"
+    r = snakemake(tmp_path, "--configfile", str(preset), "-n", "--nolock")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = job_counts(r.stdout)
+    assert jobs["prune_shot"] == 5 and jobs["prune_scratch_shot"] == 35
+    assert jobs["estimate_curvature"] == 5 and jobs["estimate_scratch_curvature"] == 34
+    assert jobs["evaluate"] == 6  # the dense model and the 5 kept shots
+    for shot in (8, 16, 24, 32, 40):
+        assert f"llm-surgeon-structured-schedule/shot-{shot}/model" in r.stdout
+    assert "llm-surgeon-structured-schedule/shot-7/" not in r.stdout
+    assert "sparsegpt" not in r.stdout
