@@ -43,6 +43,9 @@ def main():
     p.add_argument("--benchmarks", default="benchmarks")
     args = p.parse_args()
     cfg = merged_config(args.configfile)
+    if "model" not in cfg:
+        raise SystemExit("no model in the config: a preset that extends the default needs "
+                         "--configfile config/config.yaml PRESET.yaml")
     root = Path(args.benchmarks) / cfg["model"]["name"]
     shared = {
         "import_model": root / "import_model.tsv",
