@@ -1,4 +1,4 @@
-# Reproducible LLM compression: import -> calibrate -> curvature -> prune (shots) -> evaluate -> report.
+# Reproducible LLM compression: import -> calibrate -> curvature -> prune (shots) -> recover -> evaluate -> report.
 # Run:  snakemake --cores 2 --configfile config/config.yaml   (see README.md)
 
 
@@ -6,6 +6,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/curvature.smk"
 include: "workflow/rules/prune.smk"
+include: "workflow/rules/recover.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

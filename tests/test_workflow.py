@@ -30,11 +30,14 @@ def tiny_config(model_dir):
         "data": {"source": "embedded:pydoc-topics", "seqlen": 32, "calibration_windows": 4,
                  "max_eval_windows": 8, "seed": 0},
         "curvature": {"checkpoint_every": 2},
+        "recovery": {"windows": 4, "steps": 4, "rank": 2, "lr": 0.001, "grad_accum": 2,
+                     "targets": ["q_proj", "down_proj"], "checkpoint_every": 2},
         "experiments": {
             # shot 2 is not kept: its model and curvature are temp files under scratch/
             "surgeon": {"method": "llm-surgeon", "structure": "unstructured", "target": 0.5,
                         "shots": 3, "group_elements": 64, "keep_shots": [1]},
-            "magnitude": {"method": "magnitude", "structure": "unstructured", "target": 0.5},
+            "magnitude": {"method": "magnitude", "structure": "unstructured", "target": 0.5,
+                          "recover": True},
             "wanda-24": {"method": "wanda", "structure": "2:4", "target": 0.5},
             "structured-lora": {"method": "llm-surgeon", "structure": "structured",
                                 "target": 0.2, "lora_steps": 2, "lora_windows": 2},
@@ -86,9 +89,13 @@ def test_summary_table(finished_run):
     required = {"model", "experiment", "method", "structure", "target", "shot", "sparsity",
                 "params", "ppl"}
     assert required <= set(rows[0])
-    by_key = {(r["experiment"], int(r["shot"])): r for r in rows}
+    by_key = {(r["experiment"], int(r["shot"])): r for r in rows if r["stage"] != "recovered"}
     assert set(by_key) == {("dense", 0), ("surgeon", 1), ("surgeon", 2), ("surgeon", 3),
                            ("magnitude", 1), ("wanda-24", 1), ("structured-lora", 1)}
+    recovered = [r for r in rows if r["stage"] == "recovered"]
+    assert [r["experiment"] for r in recovered] == ["magnitude"]
+    assert recovered[0]["sparsity"] == by_key[("magnitude", 1)]["sparsity"]
+    assert float(recovered[0]["compress_wall_s"]) > float(by_key[("magnitude", 1)]["compress_wall_s"])
     m = json.loads((finished_run / "results/tiny/structured-lora/shot-1/model/manifest.json")
                    .read_text())
     assert m["config"]["damping_g"] == 0.01 and m["low_rank_correction"]["steps"] == 2
@@ -107,6 +114,17 @@ def test_summary_table(finished_run):
     assert 0 < walls[0] < walls[1] < walls[2]
     assert by_key[("surgeon", 3)]["size_mb"] == by_key[("dense", 0)]["size_mb"]
     assert (finished_run / "results" / "report" / "summary.md").read_text().startswith("| model")
+
+
+def test_recovery_artifacts(finished_run):
+    res = finished_run / "results" / "tiny" / "magnitude" / "recovered"
+    m = json.loads((res / "model" / "manifest.json").read_text())
+    assert m["config"]["steps"] == 4 and m["config"]["targets"] == "q_proj,down_proj"
+    assert m["inputs"]["windows"]["path"].endswith("data/recovery.safetensors")
+    assert len((res / "loss.tsv").read_text().splitlines()) == 1 + 4
+    assert not (res / "checkpoint.pt").exists()
+    png = finished_run / "results" / "report" / "recovery_loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_nothing_left_to_do_and_inspect(finished_run):

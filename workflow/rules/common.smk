@@ -108,18 +108,49 @@ def evaluated_shots(name):
     return list(range(1, exp["shots"] + 1))
 
 
+def recovered_experiments():
+    return [name for name, exp in config["experiments"].items() if exp["recover"]]
+
+
 def eval_files():
     files = [f"results/{MODEL}/dense/eval/dense.json"]
     for name in config["experiments"]:
         files += [
             f"results/{MODEL}/{name}/eval/shot-{k}.json" for k in evaluated_shots(name)
         ]
+    files += [
+        f"results/{MODEL}/{name}/eval/recovered.json"
+        for name in recovered_experiments()
+    ]
     return files
+
+
+def final_model(wildcards):
+    """The model of an experiment's last shot (what recovery starts from)."""
+    return shot_path(wildcards, experiment(wildcards.experiment)["shots"], "model")
+
+
+def recovery_source():
+    source = config["recovery"]["source"]
+    return config["data"]["source"] if source == "calibration" else source
+
+
+def recovery_targets():
+    targets = config["recovery"]["targets"]
+    return targets if targets == "all" else ",".join(targets)
+
+
+def recovery_losses():
+    return [
+        f"results/{MODEL}/{name}/recovered/loss.tsv" for name in recovered_experiments()
+    ]
 
 
 def evaluated_model(wildcards):
     if wildcards.stage == "dense":
         return f"results/{wildcards.model}/dense/model"
+    if wildcards.stage == "recovered":
+        return f"results/{wildcards.model}/{wildcards.experiment}/recovered/model"
     return shot_path(wildcards, wildcards.stage.removeprefix("shot-"), "model")
 
 
@@ -129,11 +160,17 @@ def eval_labels(wildcards):
         return "--experiment dense --method none --structure none --target 0 --shot 0"
     exp = experiment(wildcards.experiment)
     shot = wildcards.stage.removeprefix("shot-")
+    if wildcards.stage == "recovered":
+        shot = exp["shots"]
     return (
         f"--experiment {wildcards.experiment} --method {exp['method']} "
-        f"--structure {exp['structure']} --target {exp['target']} --shot {shot}"
+        f"--structure {exp['structure']} --target {exp['target']} --shot {shot} "
+        f"--stage {wildcards.stage}"
     )
 
 
 def final_outputs():
-    return ["results/report/summary.csv", "results/report/summary.md"] + eval_files()
+    outputs = ["results/report/summary.csv", "results/report/summary.md"] + eval_files()
+    if recovered_experiments():
+        outputs.append("results/report/recovery_loss.png")
+    return outputs

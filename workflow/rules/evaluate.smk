@@ -12,7 +12,7 @@ rule evaluate:
     benchmark:
         "benchmarks/{model}/{experiment}/evaluate.{stage}.tsv"
     wildcard_constraints:
-        stage=r"dense|shot-\d+",
+        stage=r"dense|shot-\d+|recovered",
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores

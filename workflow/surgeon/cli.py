@@ -196,6 +196,65 @@ def _earlier_wall(args) -> float:
     return total
 
 
+def cmd_windows(args):
+    from .data import calibration_windows, load_split, tokenize, tokenizer_hash
+    from .models import load_tokenizer
+
+    save, _ = _windows_io()
+    tokenizer = load_tokenizer(args.model)
+    split = load_split(args.source, args.evaluation_fraction)
+    ids = tokenize(tokenizer, split.calibration)
+    windows = calibration_windows(ids, args.seqlen, args.windows, args.seed, args.setting)
+    save(args.out, windows, {**split.description, "seed": args.seed, "seqlen": args.seqlen,
+                             "part": "calibration split", "count": len(windows),
+                             "tokens_available": ids.numel(),
+                             "tokenizer_hash": tokenizer_hash(tokenizer)})
+
+
+def cmd_recover(args):
+    from .artifacts import MASK_FILE, atomic_path, manifest, tree_hash, write_json
+    from .lora import Checkpoint, LoraSettings, lora_train
+    from .models import decoder_linears, load_model, load_tokenizer, resolve_device, save_model
+    from .prune import decoder_weights, load_mask, save_mask
+
+    start = time.time()
+    windows, _ = _windows_io()[1](args.windows)
+    model = load_model(args.model, resolve_device(args.device))
+    tokenizer = load_tokenizer(args.model)
+    masks = load_mask(args.model, decoder_weights(model))
+    layers = decoder_linears(model)
+    weight_masks = {n: m[:, : layers[n].in_features] for n, m in masks.items()}
+    targets = None if args.targets == "all" else tuple(args.targets.split(","))
+    settings = LoraSettings(rank=args.rank, alpha=args.alpha, steps=args.steps, lr=args.lr,
+                            batch_size=args.batch_size, grad_accum=args.grad_accum,
+                            seed=args.seed, targets=targets)
+    checkpoint = None
+    if args.checkpoint:
+        fingerprint = json.dumps([tree_hash(args.model), tree_hash(args.windows),
+                                  vars(settings)], sort_keys=True, default=list)
+        checkpoint = Checkpoint(Path(args.checkpoint), args.checkpoint_every, fingerprint)
+    losses = lora_train(model, windows, weight_masks, settings, checkpoint)
+    model.to("cpu")
+    config = {k: getattr(args, k) for k in ("rank", "alpha", "targets", "steps", "lr",
+                                            "batch_size", "grad_accum", "seed")}
+    with atomic_path(args.loss_out) as tmp:
+        tmp.write_text("step\tloss\n" + "".join(f"{i + 1}\t{v:.6f}\n"
+                                                  for i, v in enumerate(losses)))
+    with atomic_path(args.out, directory=True) as tmp:
+        save_model(model, tokenizer, tmp)
+        save_mask(tmp / MASK_FILE, masks)
+        m = manifest("recover", {"model": args.model, "windows": args.windows}, config, start,
+                     initial_loss=losses[0], final_loss=losses[-1])
+        earlier = Path(args.model) / "manifest.json"
+        compress = json.loads(earlier.read_text()).get("compress_wall_s", 0.0) \
+            if earlier.is_file() else 0.0
+        m["compress_wall_s"] = round(compress + m["wall_time_s"], 3)
+        write_json(tmp / "manifest.json", m)
+    if checkpoint is not None and checkpoint.path.exists():
+        checkpoint.path.unlink()
+    print(f"recovered: loss {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} steps")
+
+
 def cmd_evaluate(args):
     from .artifacts import write_json
     from .evaluate import parameter_counts, perplexity, sparsity_stats, stored_size
@@ -214,6 +273,7 @@ def cmd_evaluate(args):
     write_json(args.out, {
         "model": args.model_name, "experiment": args.experiment, "method": args.method,
         "structure": args.structure, "target": args.target, "shot": args.shot,
+        "stage": args.stage or ("dense" if args.shot == 0 else f"shot-{args.shot}"),
         "model_dir": str(args.model), "ppl": ppl, "eval_windows": len(windows),
         "seqlen": int(windows.shape[1]), **stats, **parameter_counts(model),
         "size_bytes": stored_size(args.model), "compress_wall_s": compress_wall,
@@ -237,6 +297,15 @@ def cmd_report(args):
         with atomic_path(path) as tmp:
             tmp.write_text(text)
     print(to_markdown(rows))
+
+
+def cmd_plot_losses(args):
+    from .artifacts import atomic_path
+    from .report import plot_losses, read_losses
+
+    curves = {Path(path).parent.parent.name: read_losses(path) for path in args.losses}
+    with atomic_path(args.out) as tmp:
+        plot_losses(curves, tmp)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -296,6 +365,36 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_prune)
 
+    s = sub.add_parser("windows", help="token windows from the calibration split of a text")
+    s.add_argument("--model", required=True, help="model folder (for its tokenizer)")
+    s.add_argument("--source", required=True)
+    s.add_argument("--seqlen", type=int, required=True)
+    s.add_argument("--windows", type=int, required=True)
+    s.add_argument("--evaluation-fraction", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--setting", default="--windows", help="config key named in errors")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_windows)
+
+    s = sub.add_parser("recover", help="masked LoRA fine-tuning, merged -> model folder")
+    s.add_argument("--model", required=True, help="pruned model folder")
+    s.add_argument("--windows", required=True, help="token windows to train on")
+    s.add_argument("--rank", type=int, default=8)
+    s.add_argument("--alpha", type=float, default=16)
+    s.add_argument("--targets", default="all",
+                   help="comma-separated module names (q_proj,...) or all decoder Linears")
+    s.add_argument("--steps", type=int, default=100)
+    s.add_argument("--lr", type=float, default=1e-4)
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--grad-accum", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--checkpoint", default="", help="resumable state (deleted when done)")
+    s.add_argument("--checkpoint-every", type=int, default=10)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--loss-out", required=True, help="loss per optimizer step (TSV)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_recover)
+
     s = sub.add_parser("evaluate", help="perplexity, sparsity, size -> eval JSON")
     s.add_argument("--model", required=True)
     s.add_argument("--evaluation", required=True)
@@ -306,6 +405,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--structure", default="none")
     s.add_argument("--target", type=float, default=0.0)
     s.add_argument("--shot", type=int, default=0)
+    s.add_argument("--stage", default="", help="dense, shot-K or recovered (default from --shot)")
     s.add_argument("--batch-size", type=int, default=1)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_evaluate)
@@ -315,6 +415,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--damping-g", type=float, default=0.1)
     s.add_argument("--damping-a", type=float, default=0.01)
     s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("plot-losses", help="recovery loss curves (loss.tsv files) -> PNG")
+    s.add_argument("--losses", nargs="+", required=True,
+                   help="results/<model>/<experiment>/recovered/loss.tsv files")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_plot_losses)
 
     s = sub.add_parser("report", help="eval JSONs -> summary.csv + summary.md")
     s.add_argument("--evals", nargs="+", required=True)

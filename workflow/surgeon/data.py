@@ -136,13 +136,14 @@ def cut_windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
     return ids[: n * seqlen].view(n, seqlen)
 
 
-def calibration_windows(ids: torch.Tensor, seqlen: int, count: int, seed: int) -> torch.Tensor:
+def calibration_windows(ids: torch.Tensor, seqlen: int, count: int, seed: int,
+                        setting: str = "data.calibration_windows") -> torch.Tensor:
     """`count` distinct non-overlapping windows drawn at random (seeded) from the token stream."""
     windows = cut_windows(ids, seqlen)
     if count > len(windows):
         raise SurgeonError(
             f"calibration text gives only {len(windows)} windows of {seqlen} tokens, "
-            f"{count} requested; lower data.calibration_windows or data.seqlen"
+            f"{count} requested; lower {setting} or data.seqlen"
         )
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(windows), generator=gen)[:count]

@@ -1,10 +1,11 @@
-"""Interleaved low-rank first-order corrections (ALGORITHMS.md section 6).
+"""Masked LoRA: interleaved low-rank corrections (ALGORITHMS.md section 6) and recovery.
 
 Between pruning shots the model is no longer at an optimum of the loss. `lora_correct` trains
 LoRA adapters (built with peft) on every decoder Linear with next-token cross-entropy on some
 calibration windows, with the base weights frozen, then merges them into the weights and
 re-applies the pruning mask, so the returned model is a plain HF model again with exactly the
-sparsity it came in with.
+sparsity it came in with. The `recover` stage runs the same loop (`lora_train`) for longer, on
+chosen modules, with gradient accumulation and a resumable checkpoint.
 
 How the adapters are kept from reviving pruned weights. For a layer with weight W (R x C),
 removed mask M (the caller's mask or W == 0) and adapter delta D = s * B @ A:
@@ -29,11 +30,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .artifacts import atomic_path
 from .curvature import window_loss
 from .errors import SurgeonError
 from .evaluate import perplexity
@@ -100,69 +104,151 @@ class _AdapterMask:
             self.handle.remove()
 
 
-def _window_batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
-    """Index batches cycling through a seeded permutation of the n windows."""
+def _window_batches(n: int, micro: int, first_step: int, steps: int, per_step: int,
+                    generator: torch.Generator):
+    """Per optimizer step, `per_step` micro-batches of `micro` window indices, cycling through
+    one seeded permutation of the n windows; step k's batches do not depend on where a resumed
+    run started, so a resumed run sees the same windows as an uninterrupted one."""
     order = torch.randperm(n, generator=generator)
-    for step in range(steps):
-        yield order[[(step * batch_size + j) % n for j in range(batch_size)]]
+    for step in range(first_step, steps):
+        base = step * per_step * micro
+        yield step, [order[[(base + j * micro + i) % n for i in range(micro)]]
+                     for j in range(per_step)]
 
 
-def lora_correct(model, windows: torch.Tensor, masks: dict, rank: int = 8, alpha: float = 16,
-                 steps: int = 20, lr: float = 1e-4, batch_size: int = 1, seed: int = 0,
-                 progress: bool = True) -> dict:
-    """Train masked LoRA adapters on all decoder Linears, merge them, re-apply the masks.
+@dataclass
+class LoraSettings:
+    """Adapter and optimisation settings; `targets` are module-name suffixes (None = all)."""
+
+    rank: int = 8
+    alpha: float = 16
+    steps: int = 20
+    lr: float = 1e-4
+    batch_size: int = 1
+    grad_accum: int = 1
+    seed: int = 0
+    targets: tuple[str, ...] | None = None
+
+    def check(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.rank < 1:
+            raise SurgeonError("lora steps, rank, batch_size and grad_accum must be at least 1")
+
+
+@dataclass
+class Checkpoint:
+    """Adapter weights, optimizer state and losses saved every `every` optimizer steps.
+
+    `fingerprint` names what the run depends on (model, data, settings); a checkpoint with a
+    different fingerprint belongs to another run and is ignored rather than resumed.
+    """
+
+    path: Path
+    every: int
+    fingerprint: str
+
+    def load(self, params: dict, optimizer) -> tuple[int, list[float]]:
+        if not self.path.is_file():
+            return 0, []
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            print(f"lora: ignoring unreadable checkpoint {self.path}: {err}".splitlines()[0])
+            return 0, []
+        if state.get("fingerprint") != self.fingerprint:
+            print(f"lora: checkpoint {self.path} is from another run; starting afresh")
+            return 0, []
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state["adapters"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        print(f"lora: resuming from step {state['step']} ({self.path})")
+        return state["step"], list(state["losses"])
+
+    def save(self, step: int, params: dict, optimizer, losses: list[float]) -> None:
+        state = {"fingerprint": self.fingerprint, "step": step, "losses": losses,
+                 "adapters": {n: p.detach().cpu() for n, p in params.items()},
+                 "optimizer": optimizer.state_dict()}
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+
+def _targeted(linears: dict, targets) -> dict:
+    if targets is None:
+        return linears
+    chosen = {n: m for n, m in linears.items() if n.rsplit(".", 1)[-1] in targets}
+    if not chosen:
+        known = sorted({n.rsplit(".", 1)[-1] for n in linears})
+        raise SurgeonError(f"lora target modules {list(targets)} match no decoder Linear; "
+                           f"this model has {known}")
+    return chosen
+
+
+def lora_train(model, windows: torch.Tensor, masks: dict, settings: LoraSettings,
+               checkpoint: Checkpoint | None = None, progress: bool = True) -> list[float]:
+    """Train masked LoRA adapters on the targeted decoder Linears, merge, re-apply the masks.
 
     `windows` (N, seqlen) token ids; `masks` maps decoder-Linear names to boolean tensors of the
     weight's shape, True = removed (zeros in the weight count as removed too). The model is
     changed in place (same object, class and state_dict keys) and comes back in the train/eval
     modes and requires_grad flags it had. Training runs in eval mode (no dropout) with AdamW
-    (no weight decay) for `steps` steps of `batch_size` windows. Returns losses of the first and
-    last few steps, the step count and the number of trained adapter parameters.
+    (no weight decay): each optimizer step averages `grad_accum` micro-batches of `batch_size`
+    windows. Returns the loss of every optimizer step (a resumed run includes earlier steps).
     """
     from peft import LoraConfig, get_peft_model
 
     if windows.ndim != 2 or len(windows) == 0:
         raise SurgeonError(f"windows must be a non-empty (N, seqlen) tensor, "
                            f"got {tuple(windows.shape)}")
-    if steps < 1 or batch_size < 1:
-        raise SurgeonError("lora steps and batch_size must be at least 1")
+    settings.check()
     device = next(model.parameters()).device
     linears = decoder_linears(model)
     removed = _removed_masks(linears, masks)
+    targeted = _targeted(linears, settings.targets)
     modes = {name: m.training for name, m in model.named_modules()}
     grads = {name: p.requires_grad for name, p in model.named_parameters()}
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
-                        target_modules=list(linears))
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0,
+                        bias="none", target_modules=list(targeted))
     rng_devices = []
     if device.type == "cuda":
         rng_devices = [torch.cuda.current_device() if device.index is None else device.index]
     with torch.random.fork_rng(devices=rng_devices):
-        torch.manual_seed(seed)
+        torch.manual_seed(settings.seed)
         with warnings.catch_warnings():  # peft asks the deprecated is_gradient_checkpointing
             warnings.simplefilter("ignore", FutureWarning)
             peft_model = get_peft_model(model, config)
-    losses, adapter_masks, params = [], [], []
+    losses, adapter_masks = [], []
     trained = False
     try:
         wrapped = dict(peft_model.base_model.model.named_modules())
-        adapter_masks = [_AdapterMask(wrapped[name], removed[name]) for name in linears]
-        params = [p for p in peft_model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        adapter_masks = [_AdapterMask(wrapped[name], removed[name]) for name in targeted]
+        params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+        optimizer = torch.optim.AdamW(params.values(), lr=settings.lr, weight_decay=0.0)
+        first = 0
+        if checkpoint is not None:
+            first, losses = checkpoint.load(params, optimizer)
         peft_model.eval()
-        batches = _window_batches(len(windows), batch_size, steps,
-                                  torch.Generator().manual_seed(seed))
-        bar = tqdm(batches, total=steps, desc="lora", disable=not progress)
-        for idx in bar:
-            ids = windows[idx].to(device)
-            loss = window_loss(peft_model, ids, "empirical") / ids[:, 1:].numel()
+        batches = _window_batches(len(windows), settings.batch_size, first, settings.steps,
+                                  settings.grad_accum,
+                                  torch.Generator().manual_seed(settings.seed))
+        bar = tqdm(batches, total=settings.steps, initial=first, desc="lora",
+                   disable=not progress)
+        for step, micro_batches in bar:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total = 0.0
+            for idx in micro_batches:
+                ids = windows[idx].to(device)
+                loss = window_loss(peft_model, ids, "empirical") / ids[:, 1:].numel()
+                (loss / len(micro_batches)).backward()
+                total += loss.item() / len(micro_batches)
             optimizer.step()
             for mask in adapter_masks:
                 mask.apply()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            losses.append(total)
+            bar.set_postfix(loss=f"{total:.4f}")
+            if checkpoint is not None and checkpoint.every and (step + 1) % checkpoint.every == 0 \
+                    and step + 1 < settings.steps:
+                checkpoint.save(step + 1, params, optimizer, losses)
         trained = True
     finally:  # a plain model again: merged when training finished, adapters dropped otherwise
         for mask in adapter_masks:
@@ -178,11 +264,23 @@ def lora_correct(model, windows: torch.Tensor, masks: dict, rank: int = 8, alpha
             module.training = modes[name]
         for name, p in model.named_parameters():
             p.requires_grad_(grads[name])
+    return losses
 
+
+def lora_correct(model, windows: torch.Tensor, masks: dict, rank: int = 8, alpha: float = 16,
+                 steps: int = 20, lr: float = 1e-4, batch_size: int = 1, seed: int = 0,
+                 progress: bool = True) -> dict:
+    """The between-shot correction: `lora_train` on every decoder Linear, summarised as the
+    mean loss of the first and last few steps, the step count and the adapter size."""
+    settings = LoraSettings(rank=rank, alpha=alpha, steps=steps, lr=lr, batch_size=batch_size,
+                            seed=seed)
+    losses = lora_train(model, windows, masks, settings, progress=progress)
     few = max(1, min(5, steps // 4))
+    linears = decoder_linears(model)
+    adapter_params = sum(rank * (m.in_features + m.out_features) for m in linears.values())
     return {
         "initial_loss": sum(losses[:few]) / few,
         "final_loss": sum(losses[-few:]) / few,
         "steps": steps,
-        "trainable_params": sum(p.numel() for p in params),
+        "trainable_params": adapter_params,
     }

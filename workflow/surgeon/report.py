@@ -7,7 +7,9 @@ import io
 import json
 from pathlib import Path
 
-COLUMNS = ["model", "experiment", "method", "structure", "target", "shot", "sparsity", "params",
+from .errors import SurgeonError
+
+COLUMNS = ["model", "experiment", "method", "structure", "target", "shot", "stage", "sparsity", "params",
            "nonzero_params", "size_mb", "ppl", "compress_wall_s"]
 
 
@@ -22,6 +24,7 @@ def summary_rows(eval_files: list[str | Path]) -> list[dict]:
             "structure": e["structure"],
             "target": e["target"],
             "shot": e["shot"],
+            "stage": e.get("stage", "dense" if e["shot"] == 0 else f"shot-{e['shot']}"),
             "sparsity": round(e["sparsity"], 4),
             "params": e["params"],
             "nonzero_params": e["nonzero_params"],
@@ -29,7 +32,8 @@ def summary_rows(eval_files: list[str | Path]) -> list[dict]:
             "ppl": round(e["ppl"], 3),
             "compress_wall_s": e.get("compress_wall_s", 0.0),
         })
-    rows.sort(key=lambda r: (r["model"], r["experiment"] != "dense", r["experiment"], r["shot"]))
+    rows.sort(key=lambda r: (r["model"], r["experiment"] != "dense", r["experiment"], r["shot"],
+                             r["stage"] == "recovered"))
     return rows
 
 
@@ -45,3 +49,30 @@ def to_markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def read_losses(path: str | Path) -> list[float]:
+    """Loss per optimizer step from a recover stage's loss.tsv (header `step<TAB>loss`)."""
+    lines = Path(path).read_text().splitlines()
+    if not lines or lines[0] != "step\tloss":
+        raise SurgeonError(f"{path}: not a loss curve (expected a 'step<TAB>loss' header)")
+    return [float(line.split("\t")[1]) for line in lines[1:]]
+
+
+def plot_losses(curves: dict[str, list[float]], out: str | Path) -> None:
+    """One line per experiment: training loss against optimizer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, losses in sorted(curves.items()):
+        ax.plot(range(1, len(losses) + 1), losses, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.set_title("LoRA recovery")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, format="png", dpi=120)
+    plt.close(fig)
