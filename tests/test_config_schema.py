@@ -30,3 +30,22 @@ def test_two_four_target_is_at_most_half():
     validator = jsonschema.Draft202012Validator(SCHEMA)
     assert not validator.is_valid(config_with(method="magnitude", structure="2:4", target=0.6))
     assert validator.is_valid(config_with(method="magnitude", structure="2:4", target=0.25))
+
+
+def test_compaction_only_for_structured_experiments():
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    structured = dict(method="magnitude", structure="structured", target=0.2)
+    assert validator.is_valid(config_with(**structured, compact=True))
+    assert not validator.is_valid(config_with(**{**structured, "structure": "unstructured"},
+                                              compact=True))
+    assert validator.is_valid(config_with(**{**structured, "structure": "unstructured"},
+                                          compact=False))
+
+
+def test_recovery_targets_are_names_or_all():
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    cfg = config_with(method="magnitude", structure="unstructured", target=0.5, recover=True)
+    assert validator.is_valid({**cfg, "recovery": {"targets": ["q_proj", "down_proj"]}})
+    assert validator.is_valid({**cfg, "recovery": {"targets": "all"}})
+    assert not validator.is_valid({**cfg, "recovery": {"targets": "q_proj"}})
+    assert not validator.is_valid({**cfg, "recovery": {"steps": 0}})

@@ -30,6 +30,7 @@ def tiny_config(model_dir):
         "data": {"source": "embedded:pydoc-topics", "seqlen": 32, "calibration_windows": 4,
                  "max_eval_windows": 8, "seed": 0},
         "curvature": {"checkpoint_every": 2},
+        "speed": {"prompt_tokens": 8, "new_tokens": 4},
         "recovery": {"windows": 4, "steps": 4, "rank": 2, "lr": 0.001, "grad_accum": 2,
                      "targets": ["q_proj", "down_proj"], "checkpoint_every": 2},
         "experiments": {
@@ -40,7 +41,8 @@ def tiny_config(model_dir):
                           "recover": True},
             "wanda-24": {"method": "wanda", "structure": "2:4", "target": 0.5},
             "structured-lora": {"method": "llm-surgeon", "structure": "structured",
-                                "target": 0.2, "lora_steps": 2, "lora_windows": 2},
+                                "target": 0.2, "lora_steps": 2, "lora_windows": 2,
+                                "compact": True},
         },
     }
 
@@ -89,9 +91,18 @@ def test_summary_table(finished_run):
     required = {"model", "experiment", "method", "structure", "target", "shot", "sparsity",
                 "params", "ppl"}
     assert required <= set(rows[0])
-    by_key = {(r["experiment"], int(r["shot"])): r for r in rows if r["stage"] != "recovered"}
+    by_key = {(r["experiment"], int(r["shot"])): r for r in rows
+              if r["stage"] not in ("recovered", "compact")}
     assert set(by_key) == {("dense", 0), ("surgeon", 1), ("surgeon", 2), ("surgeon", 3),
                            ("magnitude", 1), ("wanda-24", 1), ("structured-lora", 1)}
+    compacted = [r for r in rows if r["stage"] == "compact"]
+    assert [r["experiment"] for r in compacted] == ["structured-lora"]
+    masked = by_key[("structured-lora", 1)]
+    assert int(compacted[0]["params"]) < int(masked["params"])
+    assert abs(float(compacted[0]["ppl"]) / float(masked["ppl"]) - 1) < 1e-3
+    assert float(compacted[0]["tokens_per_s"]) > 0 and float(by_key[("dense", 0)]["tokens_per_s"]) > 0
+    assert masked["tokens_per_s"] == ""
+    assert "| structured-lora |" in (finished_run / "results/report/summary.md").read_text()
     recovered = [r for r in rows if r["stage"] == "recovered"]
     assert [r["experiment"] for r in recovered] == ["magnitude"]
     assert recovered[0]["sparsity"] == by_key[("magnitude", 1)]["sparsity"]
@@ -125,6 +136,10 @@ def test_recovery_artifacts(finished_run):
     assert not (res / "checkpoint.pt").exists()
     png = finished_run / "results" / "report" / "recovery_loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![recovery_loss](recovery_loss.png)" in (png.parent / "summary.md").read_text()
+    compact = json.loads((finished_run / "results/tiny/structured-lora/compact/model/manifest.json")
+                         .read_text())["compaction"]
+    assert compact["max_abs_logit_diff"] < 1e-4 and compact["logit_check_tokens"] == 32
 
 
 def test_nothing_left_to_do_and_inspect(finished_run):

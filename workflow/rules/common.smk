@@ -122,6 +122,9 @@ def eval_files():
         f"results/{MODEL}/{name}/eval/recovered.json"
         for name in recovered_experiments()
     ]
+    files += [
+        f"results/{MODEL}/{name}/eval/compact.json" for name in compacted_experiments()
+    ]
     return files
 
 
@@ -140,6 +143,17 @@ def recovery_targets():
     return targets if targets == "all" else ",".join(targets)
 
 
+def compacted_experiments():
+    return [name for name, exp in config["experiments"].items() if exp["compact"]]
+
+
+def compaction_input(wildcards):
+    """The recovered model when the experiment recovers, else its final shot."""
+    if experiment(wildcards.experiment)["recover"]:
+        return f"results/{wildcards.model}/{wildcards.experiment}/recovered/model"
+    return final_model(wildcards)
+
+
 def recovery_losses():
     return [
         f"results/{MODEL}/{name}/recovered/loss.tsv" for name in recovered_experiments()
@@ -149,8 +163,10 @@ def recovery_losses():
 def evaluated_model(wildcards):
     if wildcards.stage == "dense":
         return f"results/{wildcards.model}/dense/model"
-    if wildcards.stage == "recovered":
-        return f"results/{wildcards.model}/{wildcards.experiment}/recovered/model"
+    if wildcards.stage in ("recovered", "compact"):
+        return (
+            f"results/{wildcards.model}/{wildcards.experiment}/{wildcards.stage}/model"
+        )
     return shot_path(wildcards, wildcards.stage.removeprefix("shot-"), "model")
 
 
@@ -160,7 +176,7 @@ def eval_labels(wildcards):
         return "--experiment dense --method none --structure none --target 0 --shot 0"
     exp = experiment(wildcards.experiment)
     shot = wildcards.stage.removeprefix("shot-")
-    if wildcards.stage == "recovered":
+    if wildcards.stage in ("recovered", "compact"):
         shot = exp["shots"]
     return (
         f"--experiment {wildcards.experiment} --method {exp['method']} "
@@ -169,8 +185,20 @@ def eval_labels(wildcards):
     )
 
 
+def speed_options(wildcards):
+    """Generation speed is measured for the dense model and the compacted ones."""
+    if wildcards.stage not in ("dense", "compact"):
+        return ""
+    speed = config["speed"]
+    return (
+        f"--speed-prompt-tokens {speed['prompt_tokens']} "
+        f"--speed-new-tokens {speed['new_tokens']}"
+    )
+
+
+def report_figures():
+    return ["results/report/recovery_loss.png"] if recovered_experiments() else []
+
+
 def final_outputs():
-    outputs = ["results/report/summary.csv", "results/report/summary.md"] + eval_files()
-    if recovered_experiments():
-        outputs.append("results/report/recovery_loss.png")
-    return outputs
+    return ["results/report/summary.csv", "results/report/summary.md"] + eval_files()

@@ -12,14 +12,15 @@ rule evaluate:
     benchmark:
         "benchmarks/{model}/{experiment}/evaluate.{stage}.tsv"
     wildcard_constraints:
-        stage=r"dense|shot-\d+|recovered",
+        stage=r"dense|shot-\d+|recovered|compact",
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
     params:
         labels=eval_labels,
+        speed=speed_options,
         device=config["device"],
     shell:
         "surgeon --threads {threads} evaluate --model {input.model} --evaluation {input.evaluation}"
-        " --out {output} --model-name {wildcards.model} {params.labels}"
+        " --out {output} --model-name {wildcards.model} {params.labels} {params.speed}"
         " --device {params.device} 2>&1 | tee {log}"

@@ -3,7 +3,8 @@
 
 rule report:
     input:
-        eval_files(),
+        evals=eval_files(),
+        figures=report_figures(),
     output:
         csv="results/report/summary.csv",
         md="results/report/summary.md",
@@ -14,4 +15,5 @@ rule report:
     conda:
         "../../envs/surgeon.yaml"
     shell:
-        "surgeon report --evals {input} --csv {output.csv} --md {output.md} 2>&1 | tee {log}"
+        "surgeon report --evals {input.evals} --figures {input.figures}"
+        " --csv {output.csv} --md {output.md} 2>&1 | tee {log}"

@@ -183,14 +183,17 @@ def _low_rank_correction(model, windows, masks, args) -> dict:
         model.to("cpu")
 
 
+def _compress_wall(model_dir) -> float:
+    """Seconds spent so far compressing the model in `model_dir` (0 for an imported model)."""
+    path = Path(model_dir) / "manifest.json"
+    return json.loads(path.read_text()).get("compress_wall_s", 0.0) if path.is_file() else 0.0
+
+
 def _earlier_wall(args) -> float:
     """Wall time already spent on this compression: earlier shots and this shot's curvature."""
     from .artifacts import sidecar
 
-    total = 0.0
-    previous = Path(args.model) / "manifest.json"
-    if previous.is_file():
-        total += json.loads(previous.read_text()).get("compress_wall_s", 0.0)
+    total = _compress_wall(args.model)
     if args.curvature and sidecar(args.curvature).is_file():
         total += json.loads(sidecar(args.curvature).read_text()).get("wall_time_s", 0.0)
     return total
@@ -245,10 +248,7 @@ def cmd_recover(args):
         save_mask(tmp / MASK_FILE, masks)
         m = manifest("recover", {"model": args.model, "windows": args.windows}, config, start,
                      initial_loss=losses[0], final_loss=losses[-1])
-        earlier = Path(args.model) / "manifest.json"
-        compress = json.loads(earlier.read_text()).get("compress_wall_s", 0.0) \
-            if earlier.is_file() else 0.0
-        m["compress_wall_s"] = round(compress + m["wall_time_s"], 3)
+        m["compress_wall_s"] = round(_compress_wall(args.model) + m["wall_time_s"], 3)
         write_json(tmp / "manifest.json", m)
     if checkpoint is not None and checkpoint.path.exists():
         checkpoint.path.unlink()
@@ -256,6 +256,8 @@ def cmd_recover(args):
 
 
 def cmd_evaluate(args):
+    import torch
+
     from .artifacts import write_json
     from .evaluate import parameter_counts, perplexity, sparsity_stats, stored_size
     from .models import load_model, resolve_device
@@ -266,11 +268,23 @@ def cmd_evaluate(args):
     model = load_model(args.model, resolve_device(args.device))
     ppl = perplexity(model, windows, args.batch_size)
     stats = sparsity_stats(model)
-    prune_manifest = Path(args.model) / "manifest.json"
-    compress_wall = 0.0
-    if prune_manifest.is_file():
-        compress_wall = json.loads(prune_manifest.read_text()).get("compress_wall_s", 0.0)
+    compress_wall = _compress_wall(args.model)
+    model_manifest = Path(args.model) / "manifest.json"
+    compaction = {}
+    if model_manifest.is_file():
+        compaction = json.loads(model_manifest.read_text()).get("compaction", {})
+    speed = {}
+    if args.speed_new_tokens:
+        from .evaluate import tokens_per_second
+
+        prompt = windows[0, : args.speed_prompt_tokens]
+        speed = {"tokens_per_s": round(tokens_per_second(model, prompt, args.speed_new_tokens), 2),
+                 "speed_prompt_tokens": len(prompt), "speed_new_tokens": args.speed_new_tokens,
+                 "speed_device": str(next(model.parameters()).device),
+                 "speed_threads": torch.get_num_threads()}
     write_json(args.out, {
+        **speed,
+        **({"compaction": compaction} if compaction else {}),
         "model": args.model_name, "experiment": args.experiment, "method": args.method,
         "structure": args.structure, "target": args.target, "shot": args.shot,
         "stage": args.stage or ("dense" if args.shot == 0 else f"shot-{args.shot}"),
@@ -282,6 +296,33 @@ def cmd_evaluate(args):
     print(f"{args.experiment} shot {args.shot}: ppl {ppl:.3f}, sparsity {stats['sparsity']:.4f}")
 
 
+def cmd_compact(args):
+    from .artifacts import atomic_path, manifest, write_json
+    from .compact import compact_model
+    from .models import load_model, load_tokenizer, save_model
+
+    start = time.time()
+    model = load_model(args.model, "cpu")
+    small, summary = compact_model(model)
+    if args.check_windows:
+        import torch
+
+        ids = _windows_io()[1](args.check_windows)[0][:1]
+        with torch.no_grad():
+            diff = (small(ids).logits - model(ids).logits).abs().max().item()
+        summary["max_abs_logit_diff"] = diff
+        summary["logit_check_tokens"] = ids.numel()
+    with atomic_path(args.out, directory=True) as tmp:
+        save_model(small, load_tokenizer(args.model), tmp)
+        m = manifest("compact", {"model": args.model}, {}, start, compaction=summary)
+        m["compress_wall_s"] = round(_compress_wall(args.model) + m["wall_time_s"], 3)
+        write_json(tmp / "manifest.json", m)
+    print(f"compacted: {summary['decoder_linear_params_before']} -> "
+          f"{summary['decoder_linear_params_after']} decoder-Linear weights; "
+          f"{summary['zero_weights_left']} zeros could not be removed "
+          f"(realised {summary['realised_fraction']:.1%} of the structured sparsity)")
+
+
 def cmd_inspect(args):
     from .inspect_curvature import curvature_table, format_table
 
@@ -290,10 +331,13 @@ def cmd_inspect(args):
 
 def cmd_report(args):
     from .artifacts import atomic_path
-    from .report import summary_rows, to_csv, to_markdown
+    from .report import compaction_markdown, summary_rows, to_csv, to_markdown
 
     rows = summary_rows(args.evals)
-    for path, text in ((args.csv, to_csv(rows)), (args.md, to_markdown(rows))):
+    markdown = to_markdown(rows) + compaction_markdown(args.evals)
+    for figure in args.figures:
+        markdown += f"\n![{Path(figure).stem}]({Path(figure).name})\n"
+    for path, text in ((args.csv, to_csv(rows)), (args.md, markdown)):
         with atomic_path(path) as tmp:
             tmp.write_text(text)
     print(to_markdown(rows))
@@ -395,6 +439,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_recover)
 
+    s = sub.add_parser("compact", help="structured Llama -> smaller model without its zeroed units")
+    s.add_argument("--model", required=True)
+    s.add_argument("--check-windows", default="",
+                   help="windows file: record max |logit difference| on its first window")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_compact)
+
     s = sub.add_parser("evaluate", help="perplexity, sparsity, size -> eval JSON")
     s.add_argument("--model", required=True)
     s.add_argument("--evaluation", required=True)
@@ -405,7 +456,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--structure", default="none")
     s.add_argument("--target", type=float, default=0.0)
     s.add_argument("--shot", type=int, default=0)
-    s.add_argument("--stage", default="", help="dense, shot-K or recovered (default from --shot)")
+    s.add_argument("--stage", default="",
+                   help="dense, shot-K, recovered or compact (default from --shot)")
+    s.add_argument("--speed-prompt-tokens", type=int, default=64)
+    s.add_argument("--speed-new-tokens", type=int, default=0,
+                   help="also measure greedy tokens/s generating this many tokens (0 = skip)")
     s.add_argument("--batch-size", type=int, default=1)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_evaluate)
@@ -426,6 +481,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--evals", nargs="+", required=True)
     s.add_argument("--csv", required=True)
     s.add_argument("--md", required=True)
+    s.add_argument("--figures", nargs="*", default=[], help="PNGs beside the .md to show in it")
     s.set_defaults(func=cmd_report)
     return p
 

@@ -57,3 +57,21 @@ def parameter_counts(model) -> dict:
         "params": sum(p.numel() for p in params),
         "nonzero_params": sum(int((p != 0).sum()) for p in params),
     }
+
+
+@torch.no_grad()
+def tokens_per_second(model, prompt: torch.Tensor, new_tokens: int, repeats: int = 3) -> float:
+    """Greedy decoding speed: exactly `new_tokens` generated after `prompt` (1-D ids) with the
+    KV cache, after one warm-up run; the median over `repeats` of new_tokens / seconds."""
+    import time
+
+    ids = prompt[None].to(next(model.parameters()).device)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                  pad_token_id=0)
+    model.generate(ids, **kwargs)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.generate(ids, **kwargs)
+        rates.append(new_tokens / (time.perf_counter() - start))
+    return sorted(rates)[len(rates) // 2]

@@ -96,6 +96,8 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu"):
     """A model folder written by `import-model` (or any HF safetensors folder), in eval mode."""
     from transformers import AutoModelForCausalLM
 
+    from . import compact_llama  # noqa: F401  registers compacted models with the Auto classes
+
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise SurgeonError(f"not a model folder (no config.json): {model_dir}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import SurgeonError
 
 COLUMNS = ["model", "experiment", "method", "structure", "target", "shot", "stage", "sparsity", "params",
-           "nonzero_params", "size_mb", "ppl", "compress_wall_s"]
+           "nonzero_params", "size_mb", "ppl", "compress_wall_s", "tokens_per_s"]
 
 
 def summary_rows(eval_files: list[str | Path]) -> list[dict]:
@@ -31,6 +31,7 @@ def summary_rows(eval_files: list[str | Path]) -> list[dict]:
             "size_mb": round(e["size_bytes"] / 2**20, 1),
             "ppl": round(e["ppl"], 3),
             "compress_wall_s": e.get("compress_wall_s", 0.0),
+            "tokens_per_s": e.get("tokens_per_s", ""),
         })
     rows.sort(key=lambda r: (r["model"], r["experiment"] != "dense", r["experiment"], r["shot"],
                              r["stage"] == "recovered"))
@@ -49,6 +50,31 @@ def to_markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def compaction_markdown(eval_files: list[str | Path]) -> str:
+    """What compaction removed and what it could not, per compacted experiment."""
+    lines = []
+    for path in eval_files:
+        e = json.loads(Path(path).read_text())
+        c = e.get("compaction")
+        if not c:
+            continue
+        left = ", ".join(f"{k} {v}" for k, v in c["zero_weights_left_by_module"].items() if v)
+        diff = c.get("max_abs_logit_diff")
+        lines.append(
+            f"| {e['experiment']} | {c['decoder_linear_params_before']} | "
+            f"{c['decoder_linear_params_after']} | {c['realised_fraction']:.2%} | "
+            f"{c['removed_heads']} | {c['padded_heads']} | {left or 'none'} | "
+            f"{'' if diff is None else f'{diff:.2e}'} |")
+    if not lines:
+        return ""
+    head = ["", "Compaction: decoder-Linear weights before/after, share of the zeros removed, "
+            "query heads removed and kept only as padding, zeros left (inside heads or in the "
+            "residual dimension), max |logit difference| to the masked model (fp32).", "",
+            "| experiment | before | after | realised | heads removed | padded heads "
+            "| zeros left | max logit diff |", "|---|---|---|---|---|---|---|---|"]
+    return "\n".join(head + lines) + "\n"
 
 
 def read_losses(path: str | Path) -> list[float]:
