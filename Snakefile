@@ -1,4 +1,4 @@
-# Reproducible LLM compression: import -> calibrate -> curvature -> prune (shots) -> recover -> compact -> evaluate -> report.
+# Reproducible LLM compression: import -> calibrate -> curvature -> prune (shots) -> recover -> compact / quantize -> evaluate -> report.
 # Run:  snakemake --cores 2 --configfile config/config.yaml   (see README.md)
 
 
@@ -8,6 +8,7 @@ include: "workflow/rules/curvature.smk"
 include: "workflow/rules/prune.smk"
 include: "workflow/rules/recover.smk"
 include: "workflow/rules/compact.smk"
+include: "workflow/rules/quantize.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

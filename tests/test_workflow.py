@@ -9,7 +9,9 @@ from pathlib import Path
 
 import h5py
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,14 +33,17 @@ def tiny_config(model_dir):
                  "max_eval_windows": 8, "seed": 0},
         "curvature": {"checkpoint_every": 2},
         "speed": {"prompt_tokens": 8, "new_tokens": 4},
+        "quantization": {"gptq4": {"method": "gptq", "bits": 4, "group_size": 16},
+                         "rtn3": {"method": "rtn", "bits": 3, "symmetric": False}},
         "recovery": {"windows": 4, "steps": 4, "rank": 2, "lr": 0.001, "grad_accum": 2,
                      "targets": ["q_proj", "down_proj"], "checkpoint_every": 2},
         "experiments": {
             # shot 2 is not kept: its model and curvature are temp files under scratch/
             "surgeon": {"method": "llm-surgeon", "structure": "unstructured", "target": 0.5,
-                        "shots": 3, "group_elements": 64, "keep_shots": [1]},
+                        "shots": 3, "group_elements": 64, "keep_shots": [1],
+                        "quantize": ["gptq4"]},
             "magnitude": {"method": "magnitude", "structure": "unstructured", "target": 0.5,
-                          "recover": True},
+                          "recover": True, "quantize": ["rtn3"]},
             "wanda-24": {"method": "wanda", "structure": "2:4", "target": 0.5},
             "structured-lora": {"method": "llm-surgeon", "structure": "structured",
                                 "target": 0.2, "lora_steps": 2, "lora_windows": 2,
@@ -92,7 +97,7 @@ def test_summary_table(finished_run):
                 "params", "ppl"}
     assert required <= set(rows[0])
     by_key = {(r["experiment"], int(r["shot"])): r for r in rows
-              if r["stage"] not in ("recovered", "compact")}
+              if r["stage"].startswith(("shot-", "dense"))}
     assert set(by_key) == {("dense", 0), ("surgeon", 1), ("surgeon", 2), ("surgeon", 3),
                            ("magnitude", 1), ("wanda-24", 1), ("structured-lora", 1)}
     compacted = [r for r in rows if r["stage"] == "compact"]
@@ -103,6 +108,25 @@ def test_summary_table(finished_run):
     assert float(compacted[0]["tokens_per_s"]) > 0 and float(by_key[("dense", 0)]["tokens_per_s"]) > 0
     assert masked["tokens_per_s"] == ""
     assert "| structured-lora |" in (finished_run / "results/report/summary.md").read_text()
+    quantized = {r["experiment"]: r for r in rows if r["stage"].startswith("quantized-")}
+    assert float(quantized["surgeon"]["bits_per_weight"]) == 4 + 16 / 16
+    assert float(quantized["magnitude"]["bits_per_weight"]) == 3 + 24 / 32
+    # pruned weights stay zero (rounding to code 0 may add a few zeros)
+    assert float(quantized["surgeon"]["sparsity"]) >= float(by_key[("surgeon", 3)]["sparsity"])
+    res = finished_run / "results/tiny/surgeon"
+    pruned = load_file(str(res / "shot-3/model/model.safetensors"))
+    quant = load_file(str(res / "quantized/gptq4/model/model.safetensors"))
+    for key, w in pruned.items():
+        if key.endswith("proj.weight"):
+            assert torch.all(quant[key][w == 0] == 0), key
+    m = json.loads((finished_run / "results/tiny/surgeon/quantized/gptq4/model/manifest.json")
+                   .read_text())
+    assert m["inputs"]["curvature"]["path"].endswith("surgeon/quantized/curvature.h5")
+    assert m["inputs"]["model"]["path"].endswith("surgeon/shot-3/model")
+    m = json.loads((finished_run / "results/tiny/magnitude/quantized/rtn3/model/manifest.json")
+                   .read_text())
+    assert "curvature" not in m["inputs"]
+    assert m["inputs"]["model"]["path"].endswith("magnitude/recovered/model")
     recovered = [r for r in rows if r["stage"] == "recovered"]
     assert [r["experiment"] for r in recovered] == ["magnitude"]
     assert recovered[0]["sparsity"] == by_key[("magnitude", 1)]["sparsity"]
@@ -168,6 +192,11 @@ def test_config_errors_name_the_key(tmp_path, llama_dir):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
     r = snakemake(tmp_path, "--configfile", str(tmp_path / "bad.yaml"), "-n")
     assert r.returncode != 0 and "surgeon.keep_shots: [5] beyond" in r.stdout + r.stderr
+    cfg = tiny_config(llama_dir)
+    cfg["experiments"]["surgeon"]["quantize"] = ["gptq9"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    r = snakemake(tmp_path, "--configfile", str(tmp_path / "bad.yaml"), "-n")
+    assert r.returncode != 0 and "['gptq9'] not defined under quantization" in r.stdout + r.stderr
     assert not (tmp_path / "results").exists()
 
 

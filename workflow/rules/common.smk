@@ -26,8 +26,13 @@ def experiment(name):
 
 
 def check_keep_shots():
-    """Cross-field check the schema cannot express: kept shots exist."""
+    """Cross-field checks the schema cannot express: kept shots and quantizations exist."""
     for name, exp in config["experiments"].items():
+        unknown = [q for q in exp["quantize"] if q not in config["quantization"]]
+        if unknown:
+            raise ValueError(
+                f"experiments.{name}.quantize: {unknown} not defined under quantization"
+            )
         keep = exp["keep_shots"]
         beyond = [k for k in keep if k > exp["shots"]] if isinstance(keep, list) else []
         if beyond:
@@ -125,6 +130,10 @@ def eval_files():
     files += [
         f"results/{MODEL}/{name}/eval/compact.json" for name in compacted_experiments()
     ]
+    for name in config["experiments"]:
+        files += [
+            f"results/{MODEL}/{name}/eval/{q}.json" for q in quantized_stages(name)
+        ]
     return files
 
 
@@ -147,7 +156,26 @@ def compacted_experiments():
     return [name for name, exp in config["experiments"].items() if exp["compact"]]
 
 
-def compaction_input(wildcards):
+def quantized_stages(name):
+    return [f"quantized-{q}" for q in experiment(name)["quantize"]]
+
+
+def quantization_setting(key):
+    return lambda wildcards: config["quantization"][wildcards.quant][key]
+
+
+def quantization_curvature(wildcards):
+    """GPTQ reads the A factor of the model it quantizes (estimated by the curvature rule)."""
+    if config["quantization"][wildcards.quant]["method"] != "gptq":
+        return []
+    return f"results/{wildcards.model}/{wildcards.experiment}/quantized/curvature.h5"
+
+
+def curvature_option(wildcards, input):
+    return f"--curvature {input.curvature}" if input.curvature else ""
+
+
+def final_or_recovered_model(wildcards):
     """The recovered model when the experiment recovers, else its final shot."""
     if experiment(wildcards.experiment)["recover"]:
         return f"results/{wildcards.model}/{wildcards.experiment}/recovered/model"
@@ -167,6 +195,11 @@ def evaluated_model(wildcards):
         return (
             f"results/{wildcards.model}/{wildcards.experiment}/{wildcards.stage}/model"
         )
+    if wildcards.stage.startswith("quantized-"):
+        quant = wildcards.stage.removeprefix("quantized-")
+        return (
+            f"results/{wildcards.model}/{wildcards.experiment}/quantized/{quant}/model"
+        )
     return shot_path(wildcards, wildcards.stage.removeprefix("shot-"), "model")
 
 
@@ -176,7 +209,7 @@ def eval_labels(wildcards):
         return "--experiment dense --method none --structure none --target 0 --shot 0"
     exp = experiment(wildcards.experiment)
     shot = wildcards.stage.removeprefix("shot-")
-    if wildcards.stage in ("recovered", "compact"):
+    if not wildcards.stage.startswith("shot-"):
         shot = exp["shots"]
     return (
         f"--experiment {wildcards.experiment} --method {exp['method']} "

@@ -3,7 +3,7 @@
 
 rule compact:
     input:
-        model=compaction_input,
+        model=final_or_recovered_model,
         evaluation="results/{model}/data/evaluation.safetensors",
     output:
         directory("results/{model}/{experiment}/compact/model"),

@@ -12,7 +12,7 @@ rule evaluate:
     benchmark:
         "benchmarks/{model}/{experiment}/evaluate.{stage}.tsv"
     wildcard_constraints:
-        stage=r"dense|shot-\d+|recovered|compact",
+        stage=r"dense|shot-\d+|recovered|compact|quantized-[A-Za-z0-9._-]+",
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores

@@ -19,6 +19,7 @@ from pathlib import Path
 from .errors import SurgeonError
 
 MASK_FILE = "mask.safetensors"  # removed-weight mask saved beside a pruned model
+QUANT_FILE = "quantization.safetensors"  # integer codes and group scales of a quantized model
 TRACKED_PACKAGES = ("torch", "transformers", "safetensors", "h5py", "gguf", "snakemake")
 
 

@@ -270,9 +270,8 @@ def cmd_evaluate(args):
     stats = sparsity_stats(model)
     compress_wall = _compress_wall(args.model)
     model_manifest = Path(args.model) / "manifest.json"
-    compaction = {}
-    if model_manifest.is_file():
-        compaction = json.loads(model_manifest.read_text()).get("compaction", {})
+    made_by = json.loads(model_manifest.read_text()) if model_manifest.is_file() else {}
+    extra = {k: made_by[k] for k in ("compaction", "quantization") if k in made_by}
     speed = {}
     if args.speed_new_tokens:
         from .evaluate import tokens_per_second
@@ -284,7 +283,7 @@ def cmd_evaluate(args):
                  "speed_threads": torch.get_num_threads()}
     write_json(args.out, {
         **speed,
-        **({"compaction": compaction} if compaction else {}),
+        **extra,
         "model": args.model_name, "experiment": args.experiment, "method": args.method,
         "structure": args.structure, "target": args.target, "shot": args.shot,
         "stage": args.stage or ("dense" if args.shot == 0 else f"shot-{args.shot}"),
@@ -321,6 +320,50 @@ def cmd_compact(args):
           f"{summary['decoder_linear_params_after']} decoder-Linear weights; "
           f"{summary['zero_weights_left']} zeros could not be removed "
           f"(realised {summary['realised_fraction']:.1%} of the structured sparsity)")
+
+
+def cmd_quantize(args):
+    import contextlib
+
+    import torch
+
+    from safetensors.torch import save_file
+
+    from .artifacts import MASK_FILE, QUANT_FILE, atomic_path, manifest, write_json
+    from .curvature_store import open_curvature
+    from .models import decoder_linears, load_model, load_tokenizer, resolve_device, save_model
+    from .prune import decoder_weights, load_mask, save_mask
+    from .quantize import Grid, bits_per_weight, quantize_model
+
+    start = time.time()
+    model = load_model(args.model, "cpu")
+    layers = decoder_linears(model)
+    masks = load_mask(args.model, decoder_weights(model))
+    removed = {n: m[:, : layers[n].in_features] for n, m in masks.items()}
+    grid = Grid(args.bits, args.group_size, not args.asymmetric)
+    curvature = open_curvature(args.curvature) if args.curvature else contextlib.nullcontext()
+    with curvature as f:
+        codes = quantize_model(model, args.method, grid, removed, f, args.damp,
+                               str(resolve_device(args.device)))
+    tensors = {}
+    for name, q in codes.items():
+        tensors[f"{name}.codes"] = q.codes.to(torch.int8).contiguous()
+        tensors[f"{name}.scales"] = q.scales.half().contiguous()
+        if not grid.symmetric:
+            tensors[f"{name}.zeros"] = q.zeros.to(torch.uint8).contiguous()
+    inputs = {"model": args.model, **({"curvature": args.curvature} if args.curvature else {})}
+    info = {"method": args.method, "bits": grid.bits, "group_size": grid.group_size,
+            "symmetric": grid.symmetric, "bits_per_weight": bits_per_weight(grid),
+            "quantized_weights": sum(q.codes.numel() for q in codes.values())}
+    with atomic_path(args.out, directory=True) as tmp:
+        save_model(model, load_tokenizer(args.model), tmp)
+        save_mask(tmp / MASK_FILE, masks)
+        save_file(tensors, str(tmp / QUANT_FILE), metadata={k: str(v) for k, v in info.items()})
+        m = manifest("quantize", inputs, {"damp": args.damp}, start, quantization=info)
+        m["compress_wall_s"] = round(_compress_wall(args.model) + m["wall_time_s"], 3)
+        write_json(tmp / "manifest.json", m)
+    print(f"{args.method} {grid.bits}-bit, groups of {grid.group_size}: "
+          f"{info['bits_per_weight']:.3f} bits per decoder-Linear weight")
 
 
 def cmd_inspect(args):
@@ -445,6 +488,18 @@ def parser() -> argparse.ArgumentParser:
                    help="windows file: record max |logit difference| on its first window")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_compact)
+
+    s = sub.add_parser("quantize", help="RTN or GPTQ of every decoder Linear -> model folder")
+    s.add_argument("--model", required=True)
+    s.add_argument("--method", choices=["rtn", "gptq"], required=True)
+    s.add_argument("--curvature", default="", help="curvature.h5 of this model (gptq: its A)")
+    s.add_argument("--bits", type=int, default=4)
+    s.add_argument("--group-size", type=int, default=32)
+    s.add_argument("--asymmetric", action="store_true", help="zero point per group")
+    s.add_argument("--damp", type=float, default=0.01, help="GPTQ: relative damping of H")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("evaluate", help="perplexity, sparsity, size -> eval JSON")
     s.add_argument("--model", required=True)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .artifacts import MASK_FILE
+from .artifacts import MASK_FILE, QUANT_FILE
 from .models import decoder_linears
 
 
@@ -46,9 +46,10 @@ def sparsity_stats(model) -> dict:
 
 
 def stored_size(model_dir: Path) -> int:
-    """Bytes of the weight files (the pruning mask beside them is bookkeeping, not model)."""
+    """Bytes of the weight files (the pruning mask and quantization codes beside them are
+    bookkeeping; a quantized model's stored bits per weight are reported separately)."""
     return sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors")
-               if f.name != MASK_FILE)
+               if f.name not in (MASK_FILE, QUANT_FILE))
 
 
 def parameter_counts(model) -> dict:

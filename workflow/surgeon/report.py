@@ -10,7 +10,8 @@ from pathlib import Path
 from .errors import SurgeonError
 
 COLUMNS = ["model", "experiment", "method", "structure", "target", "shot", "stage", "sparsity", "params",
-           "nonzero_params", "size_mb", "ppl", "compress_wall_s", "tokens_per_s"]
+           "nonzero_params", "size_mb", "ppl", "compress_wall_s", "tokens_per_s",
+           "bits_per_weight"]
 
 
 def summary_rows(eval_files: list[str | Path]) -> list[dict]:
@@ -32,6 +33,7 @@ def summary_rows(eval_files: list[str | Path]) -> list[dict]:
             "ppl": round(e["ppl"], 3),
             "compress_wall_s": e.get("compress_wall_s", 0.0),
             "tokens_per_s": e.get("tokens_per_s", ""),
+            "bits_per_weight": e.get("quantization", {}).get("bits_per_weight", ""),
         })
     rows.sort(key=lambda r: (r["model"], r["experiment"] != "dense", r["experiment"], r["shot"],
                              r["stage"] == "recovered"))

@@ -1,0 +1,50 @@
+# Quantization (RTN, GPTQ) of an experiment's final model; GPTQ reads the A factor of that model.
+
+
+rule quantize:
+    input:
+        model=final_or_recovered_model,
+        curvature=quantization_curvature,
+    output:
+        directory("results/{model}/{experiment}/quantized/{quant}/model"),
+    log:
+        "logs/{model}/{experiment}/quantize.{quant}.log",
+    benchmark:
+        "benchmarks/{model}/{experiment}/quantize.{quant}.tsv"
+    wildcard_constraints:
+        quant=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    conda:
+        "../../envs/surgeon.yaml"
+    threads: workflow.cores
+    params:
+        curvature=curvature_option,
+        method=quantization_setting("method"),
+        bits=quantization_setting("bits"),
+        group_size=quantization_setting("group_size"),
+        asymmetric=lambda wildcards: (
+            ""
+            if config["quantization"][wildcards.quant]["symmetric"]
+            else "--asymmetric"
+        ),
+        damp=quantization_setting("damp"),
+        device=config["device"],
+    shell:
+        "surgeon --threads {threads} quantize --model {input.model} --method {params.method}"
+        " {params.curvature} --bits {params.bits} --group-size {params.group_size}"
+        " {params.asymmetric} --damp {params.damp} --device {params.device}"
+        " --out {output} 2>&1 | tee {log}"
+
+
+# The curvature of the model being quantized (GPTQ's H is its A factor): the curvature rule,
+# pointed at the final (or recovered) model.
+use rule estimate_curvature as estimate_quantization_curvature with:
+    input:
+        model=final_or_recovered_model,
+        calibration="results/{model}/data/calibration.safetensors",
+    output:
+        h5="results/{model}/{experiment}/quantized/curvature.h5",
+        manifest="results/{model}/{experiment}/quantized/curvature.h5.manifest.json",
+    log:
+        "logs/{model}/{experiment}/estimate_quantization_curvature.log",
+    benchmark:
+        "benchmarks/{model}/{experiment}/estimate_quantization_curvature.tsv"
