@@ -33,7 +33,7 @@ def tiny_config(model_dir):
                  "max_eval_windows": 8, "seed": 0},
         "curvature": {"checkpoint_every": 2},
         "speed": {"prompt_tokens": 8, "new_tokens": 4},
-        "quantization": {"gptq4": {"method": "gptq", "bits": 4, "group_size": 16},
+        "quantization": {"gptq4": {"method": "gptq", "bits": 4, "group_size": 32},
                          "rtn3": {"method": "rtn", "bits": 3, "symmetric": False}},
         "recovery": {"windows": 4, "steps": 4, "rank": 2, "lr": 0.001, "grad_accum": 2,
                      "targets": ["q_proj", "down_proj"], "checkpoint_every": 2},
@@ -109,7 +109,7 @@ def test_summary_table(finished_run):
     assert masked["tokens_per_s"] == ""
     assert "| structured-lora |" in (finished_run / "results/report/summary.md").read_text()
     quantized = {r["experiment"]: r for r in rows if r["stage"].startswith("quantized-")}
-    assert float(quantized["surgeon"]["bits_per_weight"]) == 4 + 16 / 16
+    assert float(quantized["surgeon"]["bits_per_weight"]) == 4 + 16 / 32
     assert float(quantized["magnitude"]["bits_per_weight"]) == 3 + 24 / 32
     # pruned weights stay zero (rounding to code 0 may add a few zeros)
     assert float(quantized["surgeon"]["sparsity"]) >= float(by_key[("surgeon", 3)]["sparsity"])
@@ -126,6 +126,9 @@ def test_summary_table(finished_run):
     m = json.loads((finished_run / "results/tiny/magnitude/quantized/rtn3/model/manifest.json")
                    .read_text())
     assert "curvature" not in m["inputs"]
+    gguf = json.loads((res / "quantized/gptq4/model.gguf.manifest.json").read_text())["gguf"]
+    assert gguf["tensor_type"] == "Q4_0" and gguf["bits_per_weight_file"] < 32
+    assert not (finished_run / "results/tiny/magnitude/quantized/rtn3/model.gguf").exists()
     assert m["inputs"]["model"]["path"].endswith("magnitude/recovered/model")
     recovered = [r for r in rows if r["stage"] == "recovered"]
     assert [r["experiment"] for r in recovered] == ["magnitude"]

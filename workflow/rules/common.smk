@@ -229,9 +229,24 @@ def speed_options(wildcards):
     )
 
 
+def gguf_files():
+    """A .gguf for every quantization on llama.cpp's Q4_0/Q8_0 grid."""
+    files = []
+    for name in config["experiments"]:
+        for q in experiment(name)["quantize"]:
+            spec = config["quantization"][q]
+            if spec["symmetric"] and spec["group_size"] == 32:
+                files.append(f"results/{MODEL}/{name}/quantized/{q}/model.gguf")
+    return files
+
+
 def report_figures():
     return ["results/report/recovery_loss.png"] if recovered_experiments() else []
 
 
 def final_outputs():
-    return ["results/report/summary.csv", "results/report/summary.md"] + eval_files()
+    return (
+        ["results/report/summary.csv", "results/report/summary.md"]
+        + eval_files()
+        + gguf_files()
+    )

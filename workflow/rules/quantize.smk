@@ -48,3 +48,20 @@ use rule estimate_curvature as estimate_quantization_curvature with:
         "logs/{model}/{experiment}/estimate_quantization_curvature.log",
     benchmark:
         "benchmarks/{model}/{experiment}/estimate_quantization_curvature.tsv"
+
+
+# llama.cpp file of a quantization on the Q4_0/Q8_0 grid (symmetric, 4 or 8 bits, groups of 32).
+rule export_gguf:
+    input:
+        "results/{model}/{experiment}/quantized/{quant}/model",
+    output:
+        gguf="results/{model}/{experiment}/quantized/{quant}/model.gguf",
+        manifest="results/{model}/{experiment}/quantized/{quant}/model.gguf.manifest.json",
+    log:
+        "logs/{model}/{experiment}/export_gguf.{quant}.log",
+    benchmark:
+        "benchmarks/{model}/{experiment}/export_gguf.{quant}.tsv"
+    conda:
+        "../../envs/surgeon.yaml"
+    shell:
+        "surgeon export-gguf --model {input} --out {output.gguf} 2>&1 | tee {log}"

@@ -366,6 +366,32 @@ def cmd_quantize(args):
           f"{info['bits_per_weight']:.3f} bits per decoder-Linear weight")
 
 
+def cmd_export_gguf(args):
+    from .artifacts import QUANT_FILE, atomic_path, manifest, sidecar, write_json
+    from .gguf_export import export_gguf
+    from .models import load_model, load_tokenizer
+
+    start = time.time()
+    made_by = Path(args.model) / "manifest.json"
+    quant = json.loads(made_by.read_text()).get("quantization") if made_by.is_file() else None
+    if not quant or not (Path(args.model) / QUANT_FILE).is_file():
+        raise SurgeonError(f"{args.model} is not a quantized model (run the quantize stage)")
+    if not quant["symmetric"] or quant["group_size"] != 32 or quant["bits"] not in (4, 8):
+        raise SurgeonError("GGUF export needs the Q4_0/Q8_0 grid: symmetric, 4 or 8 bits, "
+                           f"groups of 32 (this model: {quant})")
+    model = load_model(args.model, "cpu")
+    with atomic_path(args.out) as tmp:
+        info = export_gguf(model, load_tokenizer(args.model), quant["bits"], tmp,
+                           name=Path(args.model).parent.name)
+        size = tmp.stat().st_size
+        total = sum(info["weights"].values())
+        info.update(file_bytes=size, bits_per_weight_file=round(8 * size / total, 4))
+        write_json(sidecar(args.out), manifest("export-gguf", {"model": args.model}, {}, start,
+                                                gguf=info))
+    print(f"{args.out}: {size / 2**20:.1f} MiB, {info['bits_per_weight_file']:.2f} bits per "
+          f"weight over all tensors")
+
+
 def cmd_inspect(args):
     from .inspect_curvature import curvature_table, format_table
 
@@ -500,6 +526,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("export-gguf", help="quantized Llama (Q4_0/Q8_0 grid) -> .gguf file")
+    s.add_argument("--model", required=True, help="folder written by the quantize stage")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_export_gguf)
 
     s = sub.add_parser("evaluate", help="perplexity, sparsity, size -> eval JSON")
     s.add_argument("--model", required=True)
