@@ -129,6 +129,9 @@ def test_summary_table(finished_run):
     gguf = json.loads((res / "quantized/gptq4/model.gguf.manifest.json").read_text())["gguf"]
     assert gguf["tensor_type"] == "Q4_0" and gguf["bits_per_weight_file"] < 32
     assert not (finished_run / "results/tiny/magnitude/quantized/rtn3/model.gguf").exists()
+    ct = json.loads((res / "quantized/gptq4/compressed-tensors/config.json").read_text())
+    assert ct["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert not (finished_run / "results/tiny/magnitude/quantized/rtn3/compressed-tensors").exists()
     assert m["inputs"]["model"]["path"].endswith("magnitude/recovered/model")
     recovered = [r for r in rows if r["stage"] == "recovered"]
     assert [r["experiment"] for r in recovered] == ["magnitude"]

@@ -229,14 +229,18 @@ def speed_options(wildcards):
     )
 
 
-def gguf_files():
-    """A .gguf for every quantization on llama.cpp's Q4_0/Q8_0 grid."""
+def export_files():
+    """A .gguf for every quantization on llama.cpp's Q4_0/Q8_0 grid, and a compressed-tensors
+    folder for every 4- or 8-bit one."""
     files = []
     for name in config["experiments"]:
         for q in experiment(name)["quantize"]:
             spec = config["quantization"][q]
+            folder = f"results/{MODEL}/{name}/quantized/{q}"
             if spec["symmetric"] and spec["group_size"] == 32:
-                files.append(f"results/{MODEL}/{name}/quantized/{q}/model.gguf")
+                files.append(f"{folder}/model.gguf")
+            if spec["bits"] in (4, 8):
+                files.append(f"{folder}/compressed-tensors")
     return files
 
 
@@ -248,5 +252,5 @@ def final_outputs():
     return (
         ["results/report/summary.csv", "results/report/summary.md"]
         + eval_files()
-        + gguf_files()
+        + export_files()
     )

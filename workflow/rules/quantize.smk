@@ -65,3 +65,22 @@ rule export_gguf:
         "../../envs/surgeon.yaml"
     shell:
         "surgeon export-gguf --model {input} --out {output.gguf} 2>&1 | tee {log}"
+
+
+# Hugging Face folder in compressed-tensors' pack-quantized format (what vLLM loads).
+rule export_compressed_tensors:
+    input:
+        "results/{model}/{experiment}/quantized/{quant}/model",
+    output:
+        directory("results/{model}/{experiment}/quantized/{quant}/compressed-tensors"),
+    log:
+        "logs/{model}/{experiment}/export_compressed_tensors.{quant}.log",
+    benchmark:
+        "benchmarks/{model}/{experiment}/export_compressed_tensors.{quant}.tsv"
+    conda:
+        "../../envs/surgeon.yaml"
+    params:
+        structure=setting("structure"),
+    shell:
+        "surgeon export-compressed-tensors --model {input} --structure {params.structure:q}"
+        " --out {output} 2>&1 | tee {log}"

@@ -325,15 +325,11 @@ def cmd_compact(args):
 def cmd_quantize(args):
     import contextlib
 
-    import torch
-
-    from safetensors.torch import save_file
-
     from .artifacts import MASK_FILE, QUANT_FILE, atomic_path, manifest, write_json
     from .curvature_store import open_curvature
     from .models import decoder_linears, load_model, load_tokenizer, resolve_device, save_model
     from .prune import decoder_weights, load_mask, save_mask
-    from .quantize import Grid, bits_per_weight, quantize_model
+    from .quantize import Grid, bits_per_weight, quantize_model, save_codes
 
     start = time.time()
     model = load_model(args.model, "cpu")
@@ -345,12 +341,6 @@ def cmd_quantize(args):
     with curvature as f:
         codes = quantize_model(model, args.method, grid, removed, f, args.damp,
                                str(resolve_device(args.device)))
-    tensors = {}
-    for name, q in codes.items():
-        tensors[f"{name}.codes"] = q.codes.to(torch.int8).contiguous()
-        tensors[f"{name}.scales"] = q.scales.half().contiguous()
-        if not grid.symmetric:
-            tensors[f"{name}.zeros"] = q.zeros.to(torch.uint8).contiguous()
     inputs = {"model": args.model, **({"curvature": args.curvature} if args.curvature else {})}
     info = {"method": args.method, "bits": grid.bits, "group_size": grid.group_size,
             "symmetric": grid.symmetric, "bits_per_weight": bits_per_weight(grid),
@@ -358,7 +348,7 @@ def cmd_quantize(args):
     with atomic_path(args.out, directory=True) as tmp:
         save_model(model, load_tokenizer(args.model), tmp)
         save_mask(tmp / MASK_FILE, masks)
-        save_file(tensors, str(tmp / QUANT_FILE), metadata={k: str(v) for k, v in info.items()})
+        save_codes(tmp / QUANT_FILE, codes, info)
         m = manifest("quantize", inputs, {"damp": args.damp}, start, quantization=info)
         m["compress_wall_s"] = round(_compress_wall(args.model) + m["wall_time_s"], 3)
         write_json(tmp / "manifest.json", m)
@@ -390,6 +380,27 @@ def cmd_export_gguf(args):
                                                 gguf=info))
     print(f"{args.out}: {size / 2**20:.1f} MiB, {info['bits_per_weight_file']:.2f} bits per "
           f"weight over all tensors")
+
+
+def cmd_export_compressed_tensors(args):
+    from .artifacts import QUANT_FILE, atomic_path, manifest, write_json
+    from .ct_export import export_compressed_tensors
+    from .models import load_model, load_tokenizer
+    from .quantize import load_codes
+
+    start = time.time()
+    codes_file = Path(args.model) / QUANT_FILE
+    if not codes_file.is_file():
+        raise SurgeonError(f"{args.model} is not a quantized model (no {QUANT_FILE})")
+    model = load_model(args.model, "cpu")
+    with atomic_path(args.out, directory=True) as tmp:
+        info = export_compressed_tensors(model, load_tokenizer(args.model),
+                                         load_codes(codes_file), tmp,
+                                         sparsity_2of4=args.structure == "2:4")
+        write_json(tmp / "manifest.json",
+                   manifest("export-compressed-tensors", {"model": args.model},
+                            {"structure": args.structure}, start, export=info))
+    print(f"{args.out}: {info['bits_per_weight']:.3f} bits per decoder-Linear weight stored")
 
 
 def cmd_inspect(args):
@@ -531,6 +542,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="folder written by the quantize stage")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_export_gguf)
+
+    s = sub.add_parser("export-compressed-tensors",
+                       help="quantized model -> compressed-tensors folder (vLLM)")
+    s.add_argument("--model", required=True, help="folder written by the quantize stage")
+    s.add_argument("--structure", default="unstructured",
+                   help="2:4 adds compressed-tensors' 2:4 sparsity metadata")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_export_compressed_tensors)
 
     s = sub.add_parser("evaluate", help="perplexity, sparsity, size -> eval JSON")
     s.add_argument("--model", required=True)

@@ -183,3 +183,35 @@ def quantize_model(model, method: str, grid: Grid, removed: dict, curvature=None
             layer.weight.copy_(q.weight().to(layer.weight))
         out[name] = Quantized(q.codes.cpu(), q.scales.cpu(), q.zeros.cpu(), grid)
     return out
+
+
+def save_codes(path, codes: dict[str, Quantized], info: dict) -> None:
+    """Integer codes (int8, or uint8 when asymmetric), float16 scales, uint8 zero points."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, q in codes.items():
+        signed = q.grid.symmetric
+        tensors[f"{name}.codes"] = q.codes.to(torch.int8 if signed else torch.uint8).contiguous()
+        tensors[f"{name}.scales"] = q.scales.half().contiguous()
+        if not signed:
+            tensors[f"{name}.zeros"] = q.zeros.to(torch.uint8).contiguous()
+    save_file(tensors, str(path), metadata={k: str(v) for k, v in info.items()})
+
+
+def load_codes(path) -> dict[str, Quantized]:
+    """What `save_codes` wrote, as Quantized per layer."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        grid = Grid(int(meta["bits"]), int(meta["group_size"]), meta["symmetric"] == "True")
+        names = sorted({k.rsplit(".", 1)[0] for k in f.keys()})
+        out = {}
+        for name in names:
+            scales = f.get_tensor(f"{name}.scales").float()
+            zeros = (f.get_tensor(f"{name}.zeros").to(torch.int16) if not grid.symmetric
+                     else torch.zeros(scales.shape, dtype=torch.int16))
+            out[name] = Quantized(f.get_tensor(f"{name}.codes").to(torch.int16), scales, zeros,
+                                  grid)
+    return out
