@@ -5,25 +5,68 @@ import pytest
 import torch
 
 from conftest import random_windows, tiny_model
-from surgeon.gguf_export import export_gguf, gguf_name, rope_permute
+from surgeon.curvature import estimate_kfac
+from surgeon.errors import SurgeonError
+from surgeon.gguf_export import export_gguf, gguf_name, pack_blocks, rope_permute
 from surgeon.models import decoder_linears
-from surgeon.quantize import Grid, quantize_model
+from surgeon.quantize import Grid, quantize_model, rtn_quantize
 
 
-def quantized_tiny(bits):
+class Factors:
+    """The open-curvature-file interface quantize_model reads A factors through."""
+
+    def __init__(self, factors):
+        self.factors = factors
+        self.filename = "in memory"
+
+    def __contains__(self, name):
+        return name in self.factors
+
+    def __getitem__(self, name):
+        A, G = self.factors[name]
+        return {"A": _Dataset(A), "G": _Dataset(G)}
+
+
+class _Dataset:
+    def __init__(self, t):
+        self.t = t
+
+    def __getitem__(self, key):
+        return self.t.numpy()
+
+
+def quantized_tiny(bits, method="rtn"):
+    """A tiny Llama quantized in place on the Q4_0/Q8_0 grid, and its codes."""
     model = tiny_model("llama")
     removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}
-    quantize_model(model, "rtn", Grid(bits, 32, True), removed, progress=False)
-    return model
+    curvature = None
+    if method == "gptq":
+        factors, _ = estimate_kfac(model, random_windows(4, 32), progress=False)
+        curvature = Factors(factors)
+    codes = quantize_model(model, method, Grid(bits, 32, True), removed, curvature,
+                           progress=False)
+    return model, codes
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-def test_reader_dequantizes_to_the_quantized_weights(tmp_path, tokenizer, bits):
+def test_blocks_are_ggml_blocks(bits):
+    """For RTN codes, our packing equals gguf's reference quantizer byte for byte."""
+    from gguf import GGMLQuantizationType, quantize
+
+    W = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    q = rtn_quantize(W, Grid(bits, 32, True))
+    kind = GGMLQuantizationType.Q4_0 if bits == 4 else GGMLQuantizationType.Q8_0
+    expected = quantize(q.weight().float().numpy(), kind)
+    np.testing.assert_array_equal(pack_blocks(q.codes, q.scales, bits), expected)
+
+
+@pytest.mark.parametrize("bits,method", [(4, "rtn"), (8, "rtn"), (4, "gptq")])
+def test_reader_dequantizes_to_the_quantized_weights(tmp_path, tokenizer, bits, method):
     from gguf import GGUFReader, dequantize
 
-    model = quantized_tiny(bits)
+    model, codes = quantized_tiny(bits, method)
     path = tmp_path / "m.gguf"
-    info = export_gguf(model, tokenizer, bits, path)
+    info = export_gguf(model, tokenizer, codes, path)
     assert info["tensor_type"] == ("Q4_0" if bits == 4 else "Q8_0")
     reader = GGUFReader(str(path))
     tensors = {t.name: t for t in reader.tensors}
@@ -44,8 +87,8 @@ def test_reader_dequantizes_to_the_quantized_weights(tmp_path, tokenizer, bits):
 def test_transformers_loads_the_file(tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    model = quantized_tiny(4)
-    export_gguf(model, tokenizer, 4, tmp_path / "m.gguf")
+    model, codes = quantized_tiny(4, "gptq")
+    export_gguf(model, tokenizer, codes, tmp_path / "m.gguf")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf",
                                                   dtype=torch.float32)
     for name, layer in decoder_linears(model).items():
@@ -53,6 +96,14 @@ def test_transformers_loads_the_file(tmp_path, tokenizer):
     x = random_windows(1, 16)
     with torch.no_grad():  # embeddings and head went through float16
         assert (loaded(x).logits - model(x).logits).abs().max() < 1e-2
+
+
+def test_other_grids_are_refused(tmp_path, tokenizer):
+    model = tiny_model("llama")
+    removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}
+    codes = quantize_model(model, "rtn", Grid(4, 16, True), removed, progress=False)
+    with pytest.raises(SurgeonError, match="one Q4_0/Q8_0 grid"):
+        export_gguf(model, tokenizer, codes, tmp_path / "m.gguf")
 
 
 def test_cli_refuses_models_off_the_llama_cpp_grid(tmp_path, llama_dir):

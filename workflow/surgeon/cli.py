@@ -360,6 +360,7 @@ def cmd_export_gguf(args):
     from .artifacts import QUANT_FILE, atomic_path, manifest, sidecar, write_json
     from .gguf_export import export_gguf
     from .models import load_model, load_tokenizer
+    from .quantize import load_codes
 
     start = time.time()
     made_by = Path(args.model) / "manifest.json"
@@ -370,8 +371,9 @@ def cmd_export_gguf(args):
         raise SurgeonError("GGUF export needs the Q4_0/Q8_0 grid: symmetric, 4 or 8 bits, "
                            f"groups of 32 (this model: {quant})")
     model = load_model(args.model, "cpu")
+    codes = load_codes(Path(args.model) / QUANT_FILE)
     with atomic_path(args.out) as tmp:
-        info = export_gguf(model, load_tokenizer(args.model), quant["bits"], tmp,
+        info = export_gguf(model, load_tokenizer(args.model), codes, tmp,
                            name=Path(args.model).parent.name)
         size = tmp.stat().st_size
         total = sum(info["weights"].values())

@@ -1,8 +1,10 @@
 """GGUF export of a quantized Llama for llama.cpp: Q4_0 / Q8_0 decoder Linears, llama metadata.
 
 The quantize stage's symmetric 4- and 8-bit grids are llama.cpp's Q4_0 and Q8_0 blocks (32
-weights, one float16 scale), so quantizing the dequantized weights again with gguf's reference
-code reproduces the same codes exactly: the file holds the model that was evaluated. Embeddings
+weights, one float16 scale). Its codes and scales are packed into those blocks as they are
+(`pack_blocks`), not re-quantized from the dequantized weights: after GPTQ's error feedback a
+group's largest weight need not sit on code -8 any more, and re-quantizing would pick another
+scale. So the file holds exactly the model that was evaluated. Embeddings
 and the output head are stored as F16, norms as F32, as llama.cpp's converter does. q_proj and
 k_proj rows are permuted into llama.cpp's rotary layout (the inverse of what readers such as
 transformers undo when loading).
@@ -33,6 +35,21 @@ def rope_permute(w: torch.Tensor, heads: int) -> torch.Tensor:
     """HF's rotate-half row order -> llama.cpp's interleaved pairs, per head."""
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2) \
         .reshape(w.shape)
+
+
+def pack_blocks(codes: torch.Tensor, scales: torch.Tensor, bits: int) -> np.ndarray:
+    """ggml Q4_0 / Q8_0 blocks of R x C codes with R x C/32 scales: per block the float16
+    scale, then the 32 codes (Q8_0: int8; Q4_0: code + 8 as nibbles, element j in the low
+    and element j + 16 in the high half of byte j). Shape (R, C/32 * block bytes), uint8."""
+    R, C = codes.shape
+    q = codes.reshape(R, C // 32, 32).numpy()
+    d = scales.reshape(R, C // 32, 1).numpy().astype(np.float16).view(np.uint8)
+    if bits == 8:
+        body = q.astype(np.int8).view(np.uint8)
+    else:
+        u = (q + 8).astype(np.uint8)
+        body = u[..., :16] | (u[..., 16:] << np.uint8(4))
+    return np.concatenate([d, body], axis=-1).reshape(R, -1)
 
 
 def gguf_name(hf_name: str) -> str:
@@ -74,15 +91,20 @@ def _tokenizer_metadata(writer, tokenizer) -> None:
         writer.add_eos_token_id(tokenizer.eos_token_id)
 
 
-def export_gguf(model, tokenizer, bits: int, out: Path, name: str = "model") -> dict:
-    """Write `model` (a quantized LlamaForCausalLM on a Q4_0/Q8_0 grid) to `out`."""
-    from gguf import GGMLQuantizationType, GGUFWriter, quantize
+def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model") -> dict:
+    """Write `model` to `out`, its decoder Linears from `codes` ({layer: Quantized} on the
+    Q4_0/Q8_0 grid, as the quantize stage saved them)."""
+    from gguf import GGMLQuantizationType, GGUFWriter
 
     cfg = model.config
     if cfg.model_type != "llama":
         raise SurgeonError(f"GGUF export supports the llama architecture, not {cfg.model_type}")
-    if bits not in QTYPES:
-        raise SurgeonError(f"GGUF export needs a symmetric 4- or 8-bit grid, got {bits} bits")
+    grids = {q.grid for q in codes.values()}
+    grid = grids.pop() if len(grids) == 1 else None
+    if grid is None or not grid.symmetric or grid.group_size != 32 or grid.bits not in QTYPES:
+        raise SurgeonError("GGUF export needs one Q4_0/Q8_0 grid (symmetric, 4 or 8 bits, "
+                           f"groups of 32) for all layers, got {sorted(map(str, grids))}")
+    bits = grid.bits
     qtype = getattr(GGMLQuantizationType, QTYPES[bits])
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     writer = GGUFWriter(str(out), "llama")
@@ -105,23 +127,25 @@ def export_gguf(model, tokenizer, bits: int, out: Path, name: str = "model") -> 
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     counts = {"quantized": 0, "f16": 0, "f32": 0}
+    heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}
     for key, tensor in state.items():
-        w = tensor.detach().float().cpu()
-        if key.endswith("self_attn.q_proj.weight"):
-            w = rope_permute(w, cfg.num_attention_heads)
-        elif key.endswith("self_attn.k_proj.weight"):
-            w = rope_permute(w, cfg.num_key_value_heads)
-        array = w.numpy()
-        if key.startswith("model.layers.") and "_proj." in key:
-            data = quantize(array, qtype)
+        array = tensor.detach().float().cpu().numpy()
+        layer = key.removesuffix(".weight")
+        if layer in codes:
+            q = codes[layer]
+            c, d = q.codes, q.scales
+            if layer.rsplit(".", 1)[-1] in heads:  # a row order change: codes and scales alike
+                n = heads[layer.rsplit(".", 1)[-1]]
+                c, d = rope_permute(c, n), rope_permute(d, n)
+            data = pack_blocks(c, d, bits)
             writer.add_tensor(gguf_name(key), data, raw_shape=data.shape, raw_dtype=qtype)
-            counts["quantized"] += w.numel()
-        elif w.ndim == 2:
+            counts["quantized"] += c.numel()
+        elif array.ndim == 2:
             writer.add_tensor(gguf_name(key), array.astype(np.float16))
-            counts["f16"] += w.numel()
+            counts["f16"] += array.size
         else:
             writer.add_tensor(gguf_name(key), array.astype(np.float32))
-            counts["f32"] += w.numel()
+            counts["f32"] += array.size
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
