@@ -168,12 +168,12 @@ def cmd_prune(args):
 def _low_rank_correction(model, windows, masks, args) -> dict:
     """Masked LoRA on the first `lora_windows` calibration windows, merged (ALGORITHMS.md 6)."""
     from .lora import lora_correct
-    from .models import decoder_linears, resolve_device
+    from .models import resolve_device
+    from .prune import weight_columns
 
     if windows is None:
         raise SurgeonError("the low-rank correction needs --calibration windows")
-    layers = decoder_linears(model)
-    weight_masks = {n: m[:, : layers[n].in_features] for n, m in masks.items()}
+    weight_masks = weight_columns(masks, model)
     model.to(resolve_device(args.device))
     try:
         return lora_correct(model, windows[: args.lora_windows], weight_masks,
@@ -183,10 +183,15 @@ def _low_rank_correction(model, windows, masks, args) -> dict:
         model.to("cpu")
 
 
+def _made_by(model_dir) -> dict:
+    """The manifest of the stage that wrote `model_dir` ({} when there is none)."""
+    path = Path(model_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _compress_wall(model_dir) -> float:
     """Seconds spent so far compressing the model in `model_dir` (0 for an imported model)."""
-    path = Path(model_dir) / "manifest.json"
-    return json.loads(path.read_text()).get("compress_wall_s", 0.0) if path.is_file() else 0.0
+    return _made_by(model_dir).get("compress_wall_s", 0.0)
 
 
 def _earlier_wall(args) -> float:
@@ -217,16 +222,15 @@ def cmd_windows(args):
 def cmd_recover(args):
     from .artifacts import MASK_FILE, atomic_path, manifest, tree_hash, write_json
     from .lora import Checkpoint, LoraSettings, lora_train
-    from .models import decoder_linears, load_model, load_tokenizer, resolve_device, save_model
-    from .prune import decoder_weights, load_mask, save_mask
+    from .models import load_model, load_tokenizer, resolve_device, save_model
+    from .prune import decoder_weights, load_mask, save_mask, weight_columns
 
     start = time.time()
     windows, _ = _windows_io()[1](args.windows)
     model = load_model(args.model, resolve_device(args.device))
     tokenizer = load_tokenizer(args.model)
     masks = load_mask(args.model, decoder_weights(model))
-    layers = decoder_linears(model)
-    weight_masks = {n: m[:, : layers[n].in_features] for n, m in masks.items()}
+    weight_masks = weight_columns(masks, model)
     targets = None if args.targets == "all" else tuple(args.targets.split(","))
     settings = LoraSettings(rank=args.rank, alpha=args.alpha, steps=args.steps, lr=args.lr,
                             batch_size=args.batch_size, grad_accum=args.grad_accum,
@@ -268,9 +272,8 @@ def cmd_evaluate(args):
     model = load_model(args.model, resolve_device(args.device))
     ppl = perplexity(model, windows, args.batch_size)
     stats = sparsity_stats(model)
-    compress_wall = _compress_wall(args.model)
-    model_manifest = Path(args.model) / "manifest.json"
-    made_by = json.loads(model_manifest.read_text()) if model_manifest.is_file() else {}
+    made_by = _made_by(args.model)
+    compress_wall = made_by.get("compress_wall_s", 0.0)
     extra = {k: made_by[k] for k in ("compaction", "quantization") if k in made_by}
     speed = {}
     if args.speed_new_tokens:
@@ -327,15 +330,14 @@ def cmd_quantize(args):
 
     from .artifacts import MASK_FILE, QUANT_FILE, atomic_path, manifest, write_json
     from .curvature_store import open_curvature
-    from .models import decoder_linears, load_model, load_tokenizer, resolve_device, save_model
-    from .prune import decoder_weights, load_mask, save_mask
+    from .models import load_model, load_tokenizer, resolve_device, save_model
+    from .prune import decoder_weights, load_mask, save_mask, weight_columns
     from .quantize import Grid, bits_per_weight, quantize_model, save_codes
 
     start = time.time()
     model = load_model(args.model, "cpu")
-    layers = decoder_linears(model)
     masks = load_mask(args.model, decoder_weights(model))
-    removed = {n: m[:, : layers[n].in_features] for n, m in masks.items()}
+    removed = weight_columns(masks, model)
     grid = Grid(args.bits, args.group_size, not args.asymmetric)
     curvature = open_curvature(args.curvature) if args.curvature else contextlib.nullcontext()
     with curvature as f:
@@ -363,8 +365,7 @@ def cmd_export_gguf(args):
     from .quantize import load_codes
 
     start = time.time()
-    made_by = Path(args.model) / "manifest.json"
-    quant = json.loads(made_by.read_text()).get("quantization") if made_by.is_file() else None
+    quant = _made_by(args.model).get("quantization")
     if not quant or not (Path(args.model) / QUANT_FILE).is_file():
         raise SurgeonError(f"{args.model} is not a quantized model (run the quantize stage)")
     if not quant["symmetric"] or quant["group_size"] != 32 or quant["bits"] not in (4, 8):

@@ -128,11 +128,9 @@ def compact_config(model, plans: list[LayerPlan]):
     from .compact_llama import CompactLlamaConfig
 
     base = model.config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version"):
+    for key in ("model_type", "architectures", "auto_map", "transformers_version",
+                "layer_intermediate_sizes", "layer_attention_heads", "layer_key_value_heads"):
         base.pop(key, None)
-    base.pop("layer_intermediate_sizes", None)
-    base.pop("layer_attention_heads", None)
-    base.pop("layer_key_value_heads", None)
     base["head_dim"] = model.model.layers[0].self_attn.head_dim
     return CompactLlamaConfig(
         layer_intermediate_sizes=[len(p.channels) for p in plans],

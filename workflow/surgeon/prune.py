@@ -55,6 +55,12 @@ def load_mask(model_dir: Path, weights: dict[str, torch.Tensor]) -> dict[str, to
             for n, w in weights.items()}
 
 
+def weight_columns(masks: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """The [W | b] masks of `load_mask` cut to the weight's own columns (bias column dropped)."""
+    layers = decoder_linears(model)
+    return {n: m[:, : layers[n].in_features] for n, m in masks.items()}
+
+
 def decoder_weights(model) -> dict[str, torch.Tensor]:
     return {n: weight_with_bias(layer).cpu() for n, layer in decoder_linears(model).items()}
 
