@@ -52,6 +52,17 @@ def stored_size(model_dir: Path) -> int:
                if f.name not in (MASK_FILE, QUANT_FILE))
 
 
+def export_sizes(paths: list[str | Path]) -> dict[str, int]:
+    """Bytes of each exported form of a quantized model, keyed by format: a .gguf file, a
+    compressed-tensors folder (every file in it: what a user copies to serve it)."""
+    sizes = {}
+    for path in map(Path, paths):
+        files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+        sizes["gguf" if path.suffix == ".gguf" else path.name] = sum(
+            f.stat().st_size for f in files)
+    return sizes
+
+
 def parameter_counts(model) -> dict:
     params = {id(p): p for p in model.parameters()}.values()  # tied weights once
     return {

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .artifacts import atomic_path
-from .curvature import window_loss
+from .distill import Objective
 from .errors import SurgeonError
 from .evaluate import perplexity
 from .models import decoder_linears
@@ -51,15 +51,16 @@ def evaluate_loss(model, windows: torch.Tensor, batch_size: int = 1) -> float:
     return math.log(perplexity(model, windows, batch_size=batch_size, progress=False))
 
 
-def _removed_masks(linears: dict, masks: dict) -> dict[str, torch.Tensor]:
-    """Removed-element mask of every decoder Linear: the caller's mask OR'd with W == 0."""
+def _removed_masks(linears: dict, masks: dict, zeros: bool = True) -> dict[str, torch.Tensor]:
+    """Removed-element mask of every decoder Linear: the caller's mask, OR'd with W == 0
+    unless `zeros` is False (quantized weights that rounded to zero are not removed)."""
     unknown = sorted(set(masks) - set(linears))
     if unknown:
         raise SurgeonError(f"masks name layers that are not decoder Linears: {unknown[:3]}")
     removed = {}
     for name, layer in linears.items():
         w = layer.weight.detach()
-        r = w == 0
+        r = (w == 0) if zeros else torch.zeros_like(w, dtype=torch.bool)
         if name in masks:
             m = masks[name]
             if tuple(m.shape) != tuple(w.shape):
@@ -82,16 +83,36 @@ def _residual_hook(residual: torch.Tensor):
     return hook
 
 
-class _AdapterMask:
-    """Row/column masking of one peft layer's factors, plus the elementwise hook if needed."""
+def _fake_quant_hook(removed: torch.Tensor, quantized):
+    """Forward hook replacing the layer's output by x Q(W + D * ~M)^T + b (see qat.py)."""
+    from .qat import fake_quantize
 
-    def __init__(self, module, removed: torch.Tensor):
+    def hook(module, args, output):
+        base = module.base_layer
+        a = module.lora_A[ADAPTER].weight
+        b = module.lora_B[ADAPTER].weight
+        delta = torch.where(removed, 0.0, b @ a) * module.scaling[ADAPTER]
+        weight = fake_quantize(base.weight + delta.to(base.weight.dtype), quantized, removed)
+        return F.linear(args[0].to(weight.dtype), weight, base.bias).to(output.dtype)
+
+    return hook
+
+
+class _AdapterMask:
+    """Row/column masking of one peft layer's factors, plus the elementwise hook if needed
+    (or, for a quantized layer, the fake-quantization hook, which masks elementwise too)."""
+
+    def __init__(self, module, removed: torch.Tensor, quantized=None):
         self.module = module
         self.dead_rows = removed.all(dim=1)  # removed output rows -> rows of B
         self.dead_cols = removed.all(dim=0)  # removed input columns -> columns of A
         residual = removed & ~self.dead_rows[:, None] & ~self.dead_cols[None, :]
-        self.handle = (module.register_forward_hook(_residual_hook(residual))
-                       if residual.any() else None)
+        if quantized is not None:
+            self.handle = module.register_forward_hook(_fake_quant_hook(removed, quantized))
+        elif residual.any():
+            self.handle = module.register_forward_hook(_residual_hook(residual))
+        else:
+            self.handle = None
         self.apply()
 
     @torch.no_grad()
@@ -184,7 +205,8 @@ def _targeted(linears: dict, targets) -> dict:
 
 
 def lora_train(model, windows: torch.Tensor, masks: dict, settings: LoraSettings,
-               checkpoint: Checkpoint | None = None, progress: bool = True) -> list[float]:
+               checkpoint: Checkpoint | None = None, progress: bool = True,
+               objective: Objective | None = None, quantized: dict | None = None) -> list[float]:
     """Train masked LoRA adapters on the targeted decoder Linears, merge, re-apply the masks.
 
     `windows` (N, seqlen) token ids; `masks` maps decoder-Linear names to boolean tensors of the
@@ -192,7 +214,10 @@ def lora_train(model, windows: torch.Tensor, masks: dict, settings: LoraSettings
     changed in place (same object, class and state_dict keys) and comes back in the train/eval
     modes and requires_grad flags it had. Training runs in eval mode (no dropout) with AdamW
     (no weight decay): each optimizer step averages `grad_accum` micro-batches of `batch_size`
-    windows. Returns the loss of every optimizer step (a resumed run includes earlier steps).
+    windows. `objective` is the loss (next-token NLL by default, or distillation from cached
+    teacher logits of the same windows). With `quantized` ({layer: Quantized}) the targeted
+    layers train through their fixed grids (qat.py) and the caller re-quantizes after the merge.
+    Returns the loss of every optimizer step (a resumed run includes earlier steps).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -200,9 +225,11 @@ def lora_train(model, windows: torch.Tensor, masks: dict, settings: LoraSettings
         raise SurgeonError(f"windows must be a non-empty (N, seqlen) tensor, "
                            f"got {tuple(windows.shape)}")
     settings.check()
+    objective = objective or Objective()
+    quantized = quantized or {}
     device = next(model.parameters()).device
     linears = decoder_linears(model)
-    removed = _removed_masks(linears, masks)
+    removed = _removed_masks(linears, masks, zeros=not quantized)
     targeted = _targeted(linears, settings.targets)
     modes = {name: m.training for name, m in model.named_modules()}
     grads = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -221,7 +248,8 @@ def lora_train(model, windows: torch.Tensor, masks: dict, settings: LoraSettings
     trained = False
     try:
         wrapped = dict(peft_model.base_model.model.named_modules())
-        adapter_masks = [_AdapterMask(wrapped[name], removed[name]) for name in targeted]
+        adapter_masks = [_AdapterMask(wrapped[name], removed[name], quantized.get(name))
+                         for name in targeted]
         params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
         optimizer = torch.optim.AdamW(params.values(), lr=settings.lr, weight_decay=0.0)
         first = 0
@@ -237,8 +265,7 @@ def lora_train(model, windows: torch.Tensor, masks: dict, settings: LoraSettings
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for idx in micro_batches:
-                ids = windows[idx].to(device)
-                loss = window_loss(peft_model, ids, "empirical") / ids[:, 1:].numel()
+                loss = objective(peft_model, idx, windows[idx].to(device))
                 (loss / len(micro_batches)).backward()
                 total += loss.item() / len(micro_batches)
             optimizer.step()

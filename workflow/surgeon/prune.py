@@ -45,13 +45,17 @@ STRUCTURE_COSTS = {"llm-surgeon": "obs", "k-obd": "k-obd", "l-obd": "l-obd",
                    "magnitude": "magnitude"}
 
 
-def load_mask(model_dir: Path, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Removed elements so far: the previous shot's mask (if any) plus exact zeros."""
+def load_mask(model_dir: Path, weights: dict[str, torch.Tensor],
+              zeros: bool = True) -> dict[str, torch.Tensor]:
+    """Removed elements so far: the previous shot's mask (if any) plus exact zeros. A quantized
+    model's saved mask is its pruning mask; `zeros=False` leaves out the weights that only
+    rounded to zero, which quantization-aware training may move."""
     saved = {}
     path = Path(model_dir) / MASK_FILE
     if path.is_file():
         saved = {k: v.bool() for k, v in load_file(path).items()}
-    return {n: (w == 0) | saved.get(n, torch.zeros_like(w, dtype=torch.bool))
+    return {n: ((w == 0) if zeros else torch.zeros_like(w, dtype=torch.bool))
+            | saved.get(n, torch.zeros_like(w, dtype=torch.bool))
             for n, w in weights.items()}
 
 
