@@ -24,7 +24,10 @@ install: $(VENV)/.installed
 # Rules call `surgeon <stage>`: the venv's bin comes first on PATH.
 run: install
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --cores $(CORES) --configfile config/config.yaml
+	PATH="$(abspath $(BIN)):$$PATH" snakemake --configfile config/config.yaml \
+		--report results/report/report.html
 	@echo "Results table: results/report/summary.md"
+	@echo "HTML report (figures, tables, benchmarks): results/report/report.html"
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q tests

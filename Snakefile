@@ -3,6 +3,7 @@
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/resources.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/curvature.smk"
 include: "workflow/rules/prune.smk"
@@ -10,7 +11,13 @@ include: "workflow/rules/recover.smk"
 include: "workflow/rules/compact.smk"
 include: "workflow/rules/quantize.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/zeroshot.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/figures.smk"
+
+
+# `snakemake --report report.html`: captions in workflow/report/
+report: "workflow/report/workflow.rst"
 
 
 rule all:

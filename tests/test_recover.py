@@ -49,6 +49,27 @@ def run(cmd):
     return result
 
 
+# `python -m surgeon ...` that also prints how many optimizer steps the process took
+COUNT_STEPS = """
+import sys, torch
+from surgeon.cli import main
+steps, step = 0, torch.optim.AdamW.step
+def counted(self, *args, **kwargs):
+    global steps
+    steps += 1
+    return step(self, *args, **kwargs)
+torch.optim.AdamW.step = counted
+code = main(sys.argv[1:])
+print(f"optimizer steps in this process: {steps}")
+sys.exit(code)
+"""
+
+
+def counting_optimizer_steps(cmd):
+    assert cmd[1:3] == ["-m", "surgeon"]
+    return [cmd[0], "-c", COUNT_STEPS, *cmd[3:]]
+
+
 def weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
@@ -71,8 +92,10 @@ def test_killed_run_resumes_to_the_same_weights(pruned):
     step = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < step < STEPS
 
-    resumed = run(recover_cmd(pruned, "killed"))
-    assert "resuming from step" in resumed.stdout
+    resumed = run(counting_optimizer_steps(recover_cmd(pruned, "killed")))
+    assert f"resuming from step {step}" in resumed.stdout
+    # the resumed job trained only the steps after the checkpoint
+    assert f"optimizer steps in this process: {STEPS - step}" in resumed.stdout
     assert not ckpt.exists()  # removed once the output is in place
     a, b = weights(pruned / "straight"), weights(pruned / "killed")
     assert a.keys() == b.keys()

@@ -33,17 +33,20 @@ def tiny_config(model_dir):
                  "max_eval_windows": 8, "seed": 0},
         "curvature": {"checkpoint_every": 2},
         "speed": {"prompt_tokens": 8, "new_tokens": 4},
+        # zero-shot of the dense model only, on a few items (tests/test_zeroshot.py has more)
+        "zeroshot": {"stages": ["dense"], "limit": 4, "cloze": {"items": 8}},
         "quantization": {"gptq4": {"method": "gptq", "bits": 4, "group_size": 32},
-                         "rtn3": {"method": "rtn", "bits": 3, "symmetric": False}},
+                         "rtn3": {"method": "rtn", "bits": 3, "symmetric": False},
+                         "gptq4-qat": {"qat_from": "gptq4", "objective": "mix"}},
         "recovery": {"windows": 4, "steps": 4, "rank": 2, "lr": 0.001, "grad_accum": 2,
                      "targets": ["q_proj", "down_proj"], "checkpoint_every": 2},
         "experiments": {
             # shot 2 is not kept: its model and curvature are temp files under scratch/
             "surgeon": {"method": "llm-surgeon", "structure": "unstructured", "target": 0.5,
                         "shots": 3, "group_elements": 64, "keep_shots": [1],
-                        "quantize": ["gptq4"]},
+                        "quantize": ["gptq4", "gptq4-qat"]},
             "magnitude": {"method": "magnitude", "structure": "unstructured", "target": 0.5,
-                          "recover": True, "quantize": ["rtn3"]},
+                          "recover": True, "recover_objective": "kd", "quantize": ["rtn3"]},
             "wanda-24": {"method": "wanda", "structure": "2:4", "target": 0.5},
             "structured-lora": {"method": "llm-surgeon", "structure": "structured",
                                 "target": 0.2, "lora_steps": 2, "lora_windows": 2,
@@ -108,7 +111,8 @@ def test_summary_table(finished_run):
     assert float(compacted[0]["tokens_per_s"]) > 0 and float(by_key[("dense", 0)]["tokens_per_s"]) > 0
     assert masked["tokens_per_s"] == ""
     assert "| structured-lora |" in (finished_run / "results/report/summary.md").read_text()
-    quantized = {r["experiment"]: r for r in rows if r["stage"].startswith("quantized-")}
+    quantized = {r["experiment"]: r for r in rows if r["stage"] in ("quantized-gptq4",
+                                                                     "quantized-rtn3")}
     assert float(quantized["surgeon"]["bits_per_weight"]) == 4 + 16 / 32
     assert float(quantized["magnitude"]["bits_per_weight"]) == 3 + 24 / 32
     # pruned weights stay zero (rounding to code 0 may add a few zeros)
@@ -132,6 +136,15 @@ def test_summary_table(finished_run):
     ct = json.loads((res / "quantized/gptq4/compressed-tensors/config.json").read_text())
     assert ct["quantization_config"]["quant_method"] == "compressed-tensors"
     assert not (finished_run / "results/tiny/magnitude/quantized/rtn3/compressed-tensors").exists()
+    # a quantized row counts at its smallest export, not at its dequantized float32 folder
+    sizes = {"gguf": (res / "quantized/gptq4/model.gguf").stat().st_size,
+             "compressed-tensors": sum(f.stat().st_size for f in
+                                       (res / "quantized/gptq4/compressed-tensors").rglob("*"))}
+    fmt = min(sizes, key=sizes.get)
+    assert quantized["surgeon"]["stored_as"] == fmt
+    assert float(quantized["surgeon"]["size_mb"]) == round(sizes[fmt] / 2**20, 1)
+    assert quantized["magnitude"]["stored_as"] == "safetensors (dequantized)"
+    assert by_key[("dense", 0)]["stored_as"] == "safetensors"
     assert m["inputs"]["model"]["path"].endswith("magnitude/recovered/model")
     recovered = [r for r in rows if r["stage"] == "recovered"]
     assert [r["experiment"] for r in recovered] == ["magnitude"]
@@ -157,6 +170,36 @@ def test_summary_table(finished_run):
     assert (finished_run / "results" / "report" / "summary.md").read_text().startswith("| model")
 
 
+def test_distillation_and_quantization_aware_lora(finished_run):
+    data = finished_run / "results/tiny/data"
+    teacher = json.loads((data / "teacher_logits.safetensors.manifest.json").read_text())
+    assert teacher["inputs"]["model"]["path"].endswith("tiny/dense/model")
+    assert 0 < teacher["teacher"]["kept_mass_mean"] < 1 and teacher["config"]["top_k"] == 64
+    m = json.loads((finished_run / "results/tiny/magnitude/recovered/model/manifest.json")
+                   .read_text())
+    assert m["config"]["objective"] == "kd" and m["config"]["kd_weight"] == 1.0
+    assert m["inputs"]["teacher"]["path"].endswith("data/teacher_logits.safetensors")
+    res = finished_run / "results/tiny/surgeon/quantized"
+    qat = json.loads((res / "gptq4-qat/model/manifest.json").read_text())
+    assert qat["stage"] == "qat" and qat["inputs"]["model"]["path"].endswith("gptq4/model")
+    assert qat["config"]["objective"] == "mix" and qat["quantization"]["bits"] == 4
+    ptq = load_file(str(res / "gptq4/model/quantization.safetensors"))
+    tuned = load_file(str(res / "gptq4-qat/model/quantization.safetensors"))
+    scales = [k for k in ptq if k.endswith(".scales")]
+    assert scales and all(torch.equal(ptq[k], tuned[k]) for k in scales)  # the same grid
+    codes = [k for k in ptq if k.endswith(".codes")]
+    assert any(not torch.equal(ptq[k], tuned[k]) for k in codes)  # training moved codes
+    pruned = load_file(str(finished_run / "results/tiny/surgeon/shot-3/model/model.safetensors"))
+    weights = load_file(str(res / "gptq4-qat/model/model.safetensors"))
+    for key, w in pruned.items():
+        if key.endswith("proj.weight"):
+            assert torch.all(weights[key][w == 0] == 0), key
+    assert (res / "gptq4-qat/model.gguf").is_file()
+    rows = list(csv.DictReader(open(finished_run / "results" / "report" / "summary.csv")))
+    stages = {r["stage"] for r in rows if r["experiment"] == "surgeon"}
+    assert {"quantized-gptq4", "quantized-gptq4-qat"} <= stages
+
+
 def test_recovery_artifacts(finished_run):
     res = finished_run / "results" / "tiny" / "magnitude" / "recovered"
     m = json.loads((res / "model" / "manifest.json").read_text())
@@ -170,6 +213,15 @@ def test_recovery_artifacts(finished_run):
     compact = json.loads((finished_run / "results/tiny/structured-lora/compact/model/manifest.json")
                          .read_text())["compaction"]
     assert compact["max_abs_logit_diff"] < 1e-4 and compact["logit_check_tokens"] == 32
+
+
+def test_report_figures_and_html(finished_run):
+    """The run draws every figure; `snakemake --report` embeds them with the tables."""
+    from report_checks import check_report_run
+
+    check_report_run(finished_run, snakemake(finished_run, "--configfile",
+                                             str(finished_run / "config.yaml"),
+                                             "--report", "results/report/report.html"))
 
 
 def test_nothing_left_to_do_and_inspect(finished_run):

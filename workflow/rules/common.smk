@@ -1,4 +1,7 @@
 # Helpers, config validation and wildcard constraints shared by every rule.
+import re
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -41,7 +44,30 @@ def check_keep_shots():
             )
 
 
+def check_qat_sources():
+    """A qat_from entry names a post-training quantization (method rtn or gptq)."""
+    for name, spec in config["quantization"].items():
+        base = config["quantization"].get(spec.get("qat_from"), {"method": None})
+        if "qat_from" in spec and "method" not in base:
+            raise ValueError(
+                f"quantization.{name}.qat_from: '{spec['qat_from']}' is not a quantization"
+                " with a method (rtn, gptq) defined under quantization"
+            )
+
+
 check_keep_shots()
+check_qat_sources()
+
+
+def name_pattern(names):
+    """Regex matching exactly these names (and nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+PTQ_NAMES = name_pattern(q for q, s in config["quantization"].items() if "method" in s)
+QAT_NAMES = name_pattern(
+    q for q, s in config["quantization"].items() if "qat_from" in s
+)
 
 
 def setting(key):
@@ -160,6 +186,12 @@ def quantized_stages(name):
     return [f"quantized-{q}" for q in experiment(name)["quantize"]]
 
 
+def quantization_grid(quant):
+    """The entry that sets a quantization's grid: itself, or the one its qat_from names."""
+    spec = config["quantization"][quant]
+    return config["quantization"][spec["qat_from"]] if "qat_from" in spec else spec
+
+
 def quantization_setting(key):
     return lambda wildcards: config["quantization"][wildcards.quant][key]
 
@@ -229,28 +261,175 @@ def speed_options(wildcards):
     )
 
 
-def export_files():
-    """A .gguf for every quantization on llama.cpp's Q4_0/Q8_0 grid, and a compressed-tensors
-    folder for every 4- or 8-bit one."""
+def quantization_exports(name, quant, model=MODEL):
+    """A .gguf when the quantization is on llama.cpp's Q4_0/Q8_0 grid, a compressed-tensors
+    folder when it is 4- or 8-bit."""
+    spec = quantization_grid(quant)
+    folder = f"results/{model}/{name}/quantized/{quant}"
     files = []
-    for name in config["experiments"]:
-        for q in experiment(name)["quantize"]:
-            spec = config["quantization"][q]
-            folder = f"results/{MODEL}/{name}/quantized/{q}"
-            if spec["symmetric"] and spec["group_size"] == 32:
-                files.append(f"{folder}/model.gguf")
-            if spec["bits"] in (4, 8):
-                files.append(f"{folder}/compressed-tensors")
+    if spec["symmetric"] and spec["group_size"] == 32:
+        files.append(f"{folder}/model.gguf")
+    if spec["bits"] in (4, 8):
+        files.append(f"{folder}/compressed-tensors")
     return files
 
 
+def export_files():
+    return [
+        f
+        for name in config["experiments"]
+        for q in experiment(name)["quantize"]
+        for f in quantization_exports(name, q)
+    ]
+
+
+def evaluated_exports(wildcards):
+    """A quantized model's exported files, whose sizes its evaluation records."""
+    if not wildcards.stage.startswith("quantized-"):
+        return []
+    quant = wildcards.stage.removeprefix("quantized-")
+    return quantization_exports(wildcards.experiment, quant, wildcards.model)
+
+
+def spectra_files():
+    """Spectra of the dense curvature (read by every shot 1) and of each later shot's own."""
+    curved = [
+        n for n in config["experiments"] if experiment(n)["method"] in CURVATURE_METHODS
+    ]
+    files = [f"results/{MODEL}/dense/spectra.json"] if curved else []
+    for name in curved:
+        shots = range(2, experiment(name)["shots"] + 1)
+        files += [f"results/{MODEL}/{name}/spectra/shot-{k}.json" for k in shots]
+    return files
+
+
+def layer_sparsity_files():
+    return [
+        f"results/{MODEL}/{name}/layer_sparsity.tsv" for name in config["experiments"]
+    ]
+
+
 def report_figures():
-    return ["results/report/recovery_loss.png"] if recovered_experiments() else []
+    figures = [
+        "results/report/perplexity_vs_sparsity.png",
+        "results/report/layer_sparsity.png",
+    ]
+    figures += ["results/report/curvature_spectra.png"] if spectra_files() else []
+    return figures + (
+        ["results/report/recovery_loss.png"] if recovered_experiments() else []
+    )
+
+
+# made from the benchmark files of every other job, so they come last (figures.smk)
+BENCHMARK_REPORT = [
+    f"results/report/benchmarks.{ext}" for ext in ("csv", "html", "png")
+]
+
+
+def benchmark_dirs():
+    """Benchmark folders of this run: the model's, the dense model's, this config's
+    experiments' and the report figures' (those of experiments no longer configured are not).
+    """
+    model = f"benchmarks/{MODEL}"
+    dirs = [model, f"{model}/dense", "benchmarks/report"]
+    return dirs + [f"{model}/{name}" for name in config["experiments"]]
+
+
+PROJECT_TASKS = Path(workflow.basedir) / "resources" / "tasks"
+CLOZE_TASK = "surgeon_cloze"
+
+
+def zeroshot_stages(name):
+    """Stages of experiment `name` scored zero-shot (zeroshot.stages; opt out per experiment)."""
+    if not config["zeroshot"]["tasks"] or not experiment(name)["zeroshot"]:
+        return []
+    exp, wanted = experiment(name), config["zeroshot"]["stages"]
+    stages = [f"shot-{exp['shots']}"] if "final" in wanted else []
+    stages += ["recovered"] if "recovered" in wanted and exp["recover"] else []
+    stages += ["compact"] if "compact" in wanted and exp["compact"] else []
+    stages += quantized_stages(name) if "quantized" in wanted else []
+    return stages
+
+
+def zeroshot_files():
+    files = []
+    if config["zeroshot"]["tasks"] and "dense" in config["zeroshot"]["stages"]:
+        files.append(f"results/{MODEL}/dense/zeroshot/dense.json")
+    for name in config["experiments"]:
+        files += [
+            f"results/{MODEL}/{name}/zeroshot/{s}.json" for s in zeroshot_stages(name)
+        ]
+    return files
+
+
+def zeroshot_task_inputs(wildcards):
+    """The cloze task folder and the files of the requested project tasks (an edit re-runs)."""
+    files = []
+    for name in config["zeroshot"]["tasks"]:
+        folder = PROJECT_TASKS / name
+        if name == CLOZE_TASK:
+            files.append(f"results/{wildcards.model}/data/cloze")
+        elif (folder / f"{name}.yaml").is_file():
+            files += [str(p) for p in sorted(folder.iterdir()) if p.is_file()]
+    return files
+
+
+def zeroshot_include(wildcards, input):
+    """--include folders: resources/tasks and the cloze task folder when it is requested."""
+    folders = [str(PROJECT_TASKS)] if PROJECT_TASKS.is_dir() else []
+    if CLOZE_TASK in config["zeroshot"]["tasks"]:
+        folders.append(f"results/{wildcards.model}/data/cloze")
+    return " ".join(folders)
 
 
 def final_outputs():
     return (
         ["results/report/summary.csv", "results/report/summary.md"]
+        + ["results/report/summary.html"]
         + eval_files()
+        + zeroshot_files()
         + export_files()
+        + BENCHMARK_REPORT
+    )
+
+
+def benchmarked_outputs():
+    """Every target of the run except the benchmark table and plot themselves."""
+    return [f for f in final_outputs() if f not in BENCHMARK_REPORT]
+
+
+TEACHER = "results/{model}/data/teacher_logits.safetensors"
+
+
+def recovery_teacher(wildcards):
+    """The dense model's top-k logits when the experiment's recovery distils."""
+    if experiment(wildcards.experiment)["recover_objective"] == "lm":
+        return []
+    return TEACHER.format(model=wildcards.model)
+
+
+def qat_teacher(wildcards):
+    if config["quantization"][wildcards.quant]["objective"] == "lm":
+        return []
+    return TEACHER.format(model=wildcards.model)
+
+
+def teacher_option(wildcards, input):
+    return f"--teacher {input.teacher}" if input.teacher else ""
+
+
+def qat_source(wildcards):
+    base = config["quantization"][wildcards.quant]["qat_from"]
+    return f"results/{wildcards.model}/{wildcards.experiment}/quantized/{base}/model"
+
+
+def lora_options(objective):
+    """The recovery block as `surgeon recover/qat` options (LoRA, objective, checkpoint)."""
+    r = config["recovery"]
+    return (
+        f"--rank {r['rank']} --alpha {r['alpha']} --targets {recovery_targets()}"
+        f" --steps {r['steps']} --lr {r['lr']} --batch-size {r['batch_size']}"
+        f" --grad-accum {r['grad_accum']} --seed {r['seed']}"
+        f" --checkpoint-every {r['checkpoint_every']} --objective {objective}"
+        f" --kd-weight {r['kd_weight']} --temperature {r['kd_temperature']}"
     )

@@ -14,6 +14,8 @@ rule compact:
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
+    resources:
+        mem_mb=memory("compact"),
     shell:
         "surgeon --threads {threads} compact --model {input.model}"
         " --check-windows {input.evaluation} --out {output} 2>&1 | tee {log}"

@@ -18,6 +18,8 @@ rule estimate_curvature:
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
+    resources:
+        mem_mb=memory("curvature"),
     params:
         # running sums live outside `output` so a retried job resumes instead of restarting
         checkpoint=lambda wildcards, output: output[0].removesuffix(".h5") + ".ckpt",

@@ -11,6 +11,8 @@ rule import_model:
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
+    resources:
+        mem_mb=import_memory,
     params:
         source=config["model"]["source"],
     shell:
@@ -30,6 +32,8 @@ rule calibrate:
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
+    resources:
+        mem_mb=memory("data"),
     params:
         source=config["data"]["source"],
         seqlen=config["data"]["seqlen"],

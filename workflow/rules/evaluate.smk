@@ -5,6 +5,7 @@ rule evaluate:
     input:
         model=evaluated_model,
         evaluation="results/{model}/data/evaluation.safetensors",
+        exports=evaluated_exports,
     output:
         "results/{model}/{experiment}/eval/{stage}.json",
     log:
@@ -16,6 +17,8 @@ rule evaluate:
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
+    resources:
+        mem_mb=memory("evaluate"),
     params:
         labels=eval_labels,
         speed=speed_options,
@@ -23,4 +26,4 @@ rule evaluate:
     shell:
         "surgeon --threads {threads} evaluate --model {input.model} --evaluation {input.evaluation}"
         " --out {output} --model-name {wildcards.model} {params.labels} {params.speed}"
-        " --device {params.device} 2>&1 | tee {log}"
+        " --exports {input.exports} --device {params.device} 2>&1 | tee {log}"

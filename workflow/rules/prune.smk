@@ -13,6 +13,8 @@ rule prune_shot:
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
+    resources:
+        mem_mb=memory("prune"),
     params:
         method=setting("method"),
         structure=setting("structure"),

@@ -12,10 +12,12 @@ rule quantize:
     benchmark:
         "benchmarks/{model}/{experiment}/quantize.{quant}.tsv"
     wildcard_constraints:
-        quant=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+        quant=PTQ_NAMES,
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
+    resources:
+        mem_mb=memory("quantize"),
     params:
         curvature=curvature_option,
         method=quantization_setting("method"),
@@ -33,6 +35,40 @@ rule quantize:
         " {params.curvature} --bits {params.bits} --group-size {params.group_size}"
         " {params.asymmetric} --damp {params.damp} --device {params.device}"
         " --out {output} 2>&1 | tee {log}"
+
+
+# Quantization-aware LoRA on a quantized model (entries with qat_from), re-quantized on its grid.
+rule qat:
+    input:
+        model=qat_source,
+        windows="results/{model}/data/recovery.safetensors",
+        teacher=qat_teacher,
+    output:
+        model=directory("results/{model}/{experiment}/quantized/{quant}/model"),
+        loss="results/{model}/{experiment}/quantized/{quant}/loss.tsv",
+    log:
+        "logs/{model}/{experiment}/qat.{quant}.log",
+    benchmark:
+        "benchmarks/{model}/{experiment}/qat.{quant}.tsv"
+    wildcard_constraints:
+        quant=QAT_NAMES,
+    conda:
+        "../../envs/surgeon.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=memory("recover"),
+    params:
+        checkpoint="results/{model}/{experiment}/quantized/{quant}/checkpoint.pt",
+        lora=lambda wildcards: lora_options(
+            config["quantization"][wildcards.quant]["objective"]
+        ),
+        teacher=teacher_option,
+        device=config["device"],
+    shell:
+        "surgeon --threads {threads} qat --model {input.model} --windows {input.windows}"
+        " {params.lora} {params.teacher} --checkpoint {params.checkpoint}"
+        " --device {params.device} --loss-out {output.loss} --out {output.model}"
+        " 2>&1 | tee {log}"
 
 
 # The curvature of the model being quantized (GPTQ's H is its A factor): the curvature rule,
@@ -63,6 +99,8 @@ rule export_gguf:
         "benchmarks/{model}/{experiment}/export_gguf.{quant}.tsv"
     conda:
         "../../envs/surgeon.yaml"
+    resources:
+        mem_mb=memory("export"),
     shell:
         "surgeon export-gguf --model {input} --out {output.gguf} 2>&1 | tee {log}"
 
@@ -79,6 +117,8 @@ rule export_compressed_tensors:
         "benchmarks/{model}/{experiment}/export_compressed_tensors.{quant}.tsv"
     conda:
         "../../envs/surgeon.yaml"
+    resources:
+        mem_mb=memory("export"),
     params:
         structure=setting("structure"),
     shell:

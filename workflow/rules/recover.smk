@@ -12,6 +12,8 @@ rule recovery_windows:
         "benchmarks/{model}/recovery_windows.tsv"
     conda:
         "../../envs/surgeon.yaml"
+    resources:
+        mem_mb=memory("data"),
     params:
         source=recovery_source(),
         seqlen=config["data"]["seqlen"],
@@ -29,6 +31,7 @@ rule recover:
     input:
         model=final_model,
         windows="results/{model}/data/recovery.safetensors",
+        teacher=recovery_teacher,
     output:
         model=directory("results/{model}/{experiment}/recovered/model"),
         loss="results/{model}/{experiment}/recovered/loss.tsv",
@@ -39,30 +42,65 @@ rule recover:
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
+    resources:
+        mem_mb=memory("recover"),
     params:
         # outside `output`: Snakemake keeps it when the job fails, so a rerun resumes from it
         checkpoint="results/{model}/{experiment}/recovered/checkpoint.pt",
-        targets=recovery_targets(),
-        r=config["recovery"],
+        lora=lambda wildcards: lora_options(
+            experiment(wildcards.experiment)["recover_objective"]
+        ),
+        teacher=teacher_option,
         device=config["device"],
     shell:
         "surgeon --threads {threads} recover --model {input.model} --windows {input.windows}"
-        " --rank {params.r[rank]} --alpha {params.r[alpha]} --targets {params.targets}"
-        " --steps {params.r[steps]} --lr {params.r[lr]} --batch-size {params.r[batch_size]}"
-        " --grad-accum {params.r[grad_accum]} --seed {params.r[seed]}"
-        " --checkpoint {params.checkpoint} --checkpoint-every {params.r[checkpoint_every]}"
+        " {params.lora} {params.teacher} --checkpoint {params.checkpoint}"
         " --device {params.device} --loss-out {output.loss} --out {output.model}"
         " 2>&1 | tee {log}"
+
+
+# The dense model's top-k next-token logits on the recovery windows, computed once for every
+# experiment (and quantization-aware run) that distils from it.
+rule teacher_logits:
+    input:
+        model="results/{model}/dense/model",
+        windows="results/{model}/data/recovery.safetensors",
+    output:
+        TEACHER,
+    log:
+        "logs/{model}/teacher_logits.log",
+    benchmark:
+        "benchmarks/{model}/teacher_logits.tsv"
+    conda:
+        "../../envs/surgeon.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=memory("evaluate"),
+    params:
+        top_k=config["recovery"]["kd_top_k"],
+        device=config["device"],
+    shell:
+        "surgeon --threads {threads} teacher-logits --model {input.model}"
+        " --windows {input.windows} --top-k {params.top_k} --device {params.device}"
+        " --out {output} 2>&1 | tee {log}"
 
 
 rule plot_recovery:
     input:
         recovery_losses(),
     output:
-        "results/report/recovery_loss.png",
+        report(
+            "results/report/recovery_loss.png",
+            caption="../report/recovery_loss.rst",
+            category="Recovery",
+        ),
     log:
         "logs/plot_recovery.log",
+    benchmark:
+        "benchmarks/report/plot_recovery.tsv"
     conda:
         "../../envs/surgeon.yaml"
+    resources:
+        mem_mb=memory("report"),
     shell:
         "surgeon plot-losses --losses {input} --out {output} 2>&1 | tee {log}"

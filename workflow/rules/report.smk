@@ -4,9 +4,15 @@
 rule report:
     input:
         evals=eval_files(),
+        zeroshot=zeroshot_files(),
         figures=report_figures(),
     output:
-        csv="results/report/summary.csv",
+        csv=report(
+            "results/report/summary.csv",
+            caption="../report/summary_csv.rst",
+            category="Comparison",
+            subcategory="Table",
+        ),
         md="results/report/summary.md",
     log:
         "logs/report.log",
@@ -14,6 +20,8 @@ rule report:
         "benchmarks/report.tsv"
     conda:
         "../../envs/surgeon.yaml"
+    resources:
+        mem_mb=memory("report"),
     shell:
         "surgeon report --evals {input.evals} --figures {input.figures}"
-        " --csv {output.csv} --md {output.md} 2>&1 | tee {log}"
+        " --zeroshot {input.zeroshot} --csv {output.csv} --md {output.md} 2>&1 | tee {log}"

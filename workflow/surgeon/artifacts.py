@@ -29,20 +29,79 @@ def _tmp_name(path: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, directory: bool = False):
-    """Yield a temporary path; on success rename it to `path`, on failure delete it."""
+    """Yield a temporary path; on success rename it to `path`, on failure delete it.
+
+    .safetensors files written in the block get their header sorted (equal content, equal
+    bytes). The manifest written with the artifact (a folder's manifest.json, or a file's sidecar
+    written inside the block) gets the sha256 of what was written, so a later stage can tell
+    a truncated or altered artifact from the real one before using it (verify_artifact).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     _remove(tmp)
     if directory:
         tmp.mkdir()
+    sidecar_before = _identity(sidecar(path))
     try:
         yield tmp
+        if directory:
+            for f in tmp.rglob("*.safetensors"):
+                sort_safetensors_header(f)
+        elif path.suffix == ".safetensors" and tmp.is_file():
+            sort_safetensors_header(tmp)
+        if directory and (tmp / "manifest.json").is_file():
+            _record_hashes(tmp / "manifest.json", files=_folder_hashes(tmp))
+        elif not directory and tmp.is_file() and _identity(sidecar(path)) not in (
+            None, sidecar_before
+        ):
+            _record_hashes(sidecar(path), sha256=file_hash(tmp))
     except BaseException:
         _remove(tmp)
         raise
     _remove(path)
     os.replace(tmp, path)
+
+
+def sort_safetensors_header(path: Path) -> None:
+    """Rewrite a .safetensors header with its keys sorted, in place and at the same length.
+
+    safetensors writes the header (tensor entries and __metadata__) in hash-map order, which
+    changes from process to process: sorted, equal content gives equal bytes (and hashes).
+    """
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        raw = f.read(size)
+        try:
+            header = json.loads(raw)
+        except ValueError:
+            return
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = text.encode()
+        if len(text) > size:  # never move the data; leave such a file as written
+            return
+        f.seek(8)
+        f.write(text + b" " * (size - len(text)))
+
+
+def _identity(path: Path):
+    """(inode, mtime) of a file, None when absent: tells whether a block rewrote it."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _folder_hashes(folder: Path) -> dict:
+    return {str(f.relative_to(folder)): file_hash(f)
+            for f in sorted(p for p in folder.rglob("*") if p.is_file())
+            if f != folder / "manifest.json"}
+
+
+def _record_hashes(manifest_path: Path, **hashes) -> None:
+    info = json.loads(manifest_path.read_text())
+    write_json(manifest_path, {**info, **hashes})
 
 
 def _remove(path: Path) -> None:
@@ -57,12 +116,21 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+_HASHES: dict[tuple, str] = {}  # (path, inode, size, mtime) -> sha256, within one process
+
+
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a file; a file already hashed unchanged in this process is not read again
+    (verifying an input and recording it in the manifest read it once)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
 
 
 def tree_hash(path: str | os.PathLike) -> str:
@@ -106,3 +174,53 @@ def sidecar(path: str | os.PathLike) -> Path:
     """Manifest path of a single-file artifact."""
     path = Path(path)
     return path.with_name(path.name + ".manifest.json")
+
+
+# options of `surgeon <stage>` that name an artifact another stage wrote
+INPUT_OPTIONS = ("model", "curvature", "calibration", "windows", "evaluation", "check_windows",
+                 "teacher")
+
+
+def rebuild_hint(path: str | os.PathLike) -> str:
+    return (f"rebuild it with `snakemake --forcerun {path}` (with the --configfile of the run), "
+            "or delete it and run snakemake again")
+
+
+def verify_artifact(path: str | os.PathLike) -> None:
+    """Check an artifact against the sha256 its manifest recorded when it was written.
+
+    A folder is checked file by file against manifest.json's `files`, a file against its
+    sidecar's `sha256`. Artifacts without recorded hashes (external models, files written
+    before hashes were recorded) are not checked here.
+    """
+    path = Path(path)
+    if path.is_dir():
+        manifest_path, expected = path / "manifest.json", "files"
+    elif path.is_file():
+        manifest_path, expected = sidecar(path), "sha256"
+    else:
+        return
+    try:
+        recorded = json.loads(manifest_path.read_text()).get(expected)
+    except (OSError, ValueError):
+        return
+    if not recorded:
+        return
+    files = recorded if path.is_dir() else {"": recorded}
+    for name, sha in files.items():
+        f = path / name if name else path
+        if not f.is_file():
+            raise SurgeonError(f"{f} is missing (listed in {manifest_path}); "
+                               + rebuild_hint(path))
+        if file_hash(f) != sha:
+            raise SurgeonError(
+                f"{f} does not match the sha256 recorded in {manifest_path} (truncated or "
+                f"changed after it was written); " + rebuild_hint(path))
+
+
+def verify_inputs(options: dict) -> None:
+    """verify_artifact for every input artifact a stage was given (INPUT_OPTIONS)."""
+    for name in INPUT_OPTIONS:
+        value = options.get(name)
+        if isinstance(value, (str, os.PathLike)) and str(value):
+            verify_artifact(value)

@@ -29,7 +29,10 @@ def _windows_io():
             with safe_open(str(path), "pt") as f:
                 return f.get_tensor("windows"), f.metadata()
         except Exception as err:
-            raise SurgeonError(f"cannot read windows file {path} (corrupt?): {err}") from None
+            from .artifacts import rebuild_hint
+
+            raise SurgeonError(f"cannot read windows file {path} (corrupt?): {err}; "
+                               + rebuild_hint(path)) from None
 
     return save, load
 
@@ -219,51 +222,151 @@ def cmd_windows(args):
                              "tokenizer_hash": tokenizer_hash(tokenizer)})
 
 
-def cmd_recover(args):
-    from .artifacts import MASK_FILE, atomic_path, manifest, tree_hash, write_json
-    from .lora import Checkpoint, LoraSettings, lora_train
-    from .models import load_model, load_tokenizer, resolve_device, save_model
-    from .prune import decoder_weights, load_mask, save_mask, weight_columns
+def _load_teacher(path):
+    from safetensors.torch import load_file
 
-    start = time.time()
+    if not Path(path).is_file():
+        raise SurgeonError(f"teacher logits file not found: {path}")
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise SurgeonError(f"cannot read teacher logits {path} (corrupt?): {err}") from None
+
+
+def _lora_fit(args, model, masks, quantized=None):
+    """The training shared by recover and qat: settings, objective, resumable checkpoint.
+    Returns the loss per optimizer step, the settings for the manifest, and its inputs."""
+    from .artifacts import tree_hash
+    from .distill import Objective
+    from .lora import Checkpoint, LoraSettings, lora_train
+
     windows, _ = _windows_io()[1](args.windows)
-    model = load_model(args.model, resolve_device(args.device))
-    tokenizer = load_tokenizer(args.model)
-    masks = load_mask(args.model, decoder_weights(model))
-    weight_masks = weight_columns(masks, model)
     targets = None if args.targets == "all" else tuple(args.targets.split(","))
     settings = LoraSettings(rank=args.rank, alpha=args.alpha, steps=args.steps, lr=args.lr,
                             batch_size=args.batch_size, grad_accum=args.grad_accum,
                             seed=args.seed, targets=targets)
+    if args.objective != "lm" and not args.teacher:
+        raise SurgeonError(f"objective '{args.objective}' needs --teacher (top-k logits file)")
+    teacher = _load_teacher(args.teacher) if args.objective != "lm" else None
+    objective = Objective(args.objective, args.kd_weight, args.temperature, teacher)
+    config = {k: getattr(args, k) for k in ("rank", "alpha", "targets", "steps", "lr",
+                                            "batch_size", "grad_accum", "seed", "objective")}
+    if teacher is not None:
+        config.update(kd_weight=objective.weight, temperature=args.temperature,
+                      top_k=int(teacher["indices"].shape[-1]))
+    inputs = {"model": args.model, "windows": args.windows,
+              **({"teacher": args.teacher} if teacher is not None else {})}
     checkpoint = None
     if args.checkpoint:
-        fingerprint = json.dumps([tree_hash(args.model), tree_hash(args.windows),
-                                  vars(settings)], sort_keys=True, default=list)
+        fingerprint = json.dumps([tree_hash(p) for p in inputs.values()] + [config],
+                                 sort_keys=True, default=list)
         checkpoint = Checkpoint(Path(args.checkpoint), args.checkpoint_every, fingerprint)
-    losses = lora_train(model, windows, weight_masks, settings, checkpoint)
-    model.to("cpu")
-    config = {k: getattr(args, k) for k in ("rank", "alpha", "targets", "steps", "lr",
-                                            "batch_size", "grad_accum", "seed")}
-    with atomic_path(args.loss_out) as tmp:
+    losses = lora_train(model, windows, masks, settings, checkpoint, objective=objective,
+                        quantized=quantized)
+    if checkpoint is not None and checkpoint.path.exists():
+        checkpoint.path.unlink()
+    return losses, config, inputs
+
+
+def _write_losses(path, losses):
+    from .artifacts import atomic_path
+
+    with atomic_path(path) as tmp:
         tmp.write_text("step\tloss\n" + "".join(f"{i + 1}\t{v:.6f}\n"
                                                   for i, v in enumerate(losses)))
+
+
+def cmd_recover(args):
+    from .artifacts import MASK_FILE, atomic_path, manifest, write_json
+    from .models import load_model, load_tokenizer, resolve_device, save_model
+    from .prune import decoder_weights, load_mask, save_mask, weight_columns
+
+    start = time.time()
+    model = load_model(args.model, resolve_device(args.device))
+    tokenizer = load_tokenizer(args.model)
+    masks = load_mask(args.model, decoder_weights(model))
+    losses, config, inputs = _lora_fit(args, model, weight_columns(masks, model))
+    model.to("cpu")
+    _write_losses(args.loss_out, losses)
     with atomic_path(args.out, directory=True) as tmp:
         save_model(model, tokenizer, tmp)
         save_mask(tmp / MASK_FILE, masks)
-        m = manifest("recover", {"model": args.model, "windows": args.windows}, config, start,
+        m = manifest("recover", inputs, config, start,
                      initial_loss=losses[0], final_loss=losses[-1])
         m["compress_wall_s"] = round(_compress_wall(args.model) + m["wall_time_s"], 3)
         write_json(tmp / "manifest.json", m)
-    if checkpoint is not None and checkpoint.path.exists():
-        checkpoint.path.unlink()
     print(f"recovered: loss {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} steps")
+
+
+def cmd_qat(args):
+    import torch
+
+    from .artifacts import MASK_FILE, QUANT_FILE, atomic_path, manifest, write_json
+    from .models import decoder_linears, load_model, load_tokenizer, resolve_device, save_model
+    from .prune import decoder_weights, load_mask, save_mask, weight_columns
+    from .qat import requantize
+    from .quantize import load_codes, save_codes
+
+    start = time.time()
+    quant = _made_by(args.model).get("quantization")
+    if not quant or not (Path(args.model) / QUANT_FILE).is_file():
+        raise SurgeonError(f"{args.model} is not a quantized model (run the quantize stage)")
+    codes = load_codes(Path(args.model) / QUANT_FILE)
+    model = load_model(args.model, resolve_device(args.device))
+    masks = load_mask(args.model, decoder_weights(model), zeros=False)
+    removed = weight_columns(masks, model)
+    losses, config, inputs = _lora_fit(args, model, removed, quantized=codes)
+    model.to("cpu")
+    layers = decoder_linears(model)
+    for name, q in codes.items():  # the merged weights back on the same grid
+        codes[name] = requantize(layers[name].weight, q, removed[name])
+        with torch.no_grad():
+            layers[name].weight.copy_(codes[name].weight().to(layers[name].weight))
+    info = {**quant, "qat": config, "quantized_from": str(args.model)}
+    _write_losses(args.loss_out, losses)
+    with atomic_path(args.out, directory=True) as tmp:
+        save_model(model, load_tokenizer(args.model), tmp)
+        save_mask(tmp / MASK_FILE, masks)
+        save_codes(tmp / QUANT_FILE, codes, quant)
+        m = manifest("qat", inputs, config, start, quantization=info,
+                     initial_loss=losses[0], final_loss=losses[-1])
+        m["compress_wall_s"] = round(_compress_wall(args.model) + m["wall_time_s"], 3)
+        write_json(tmp / "manifest.json", m)
+    print(f"quantization-aware LoRA: loss {losses[0]:.4f} -> {losses[-1]:.4f}, re-quantized on "
+          f"the same {quant['bits']}-bit grid")
+
+
+def cmd_teacher_logits(args):
+    from safetensors.torch import save_file
+
+    from .artifacts import atomic_path, manifest, sidecar, write_json
+    from .distill import kept_mass, teacher_topk
+    from .models import load_model, resolve_device
+
+    start = time.time()
+    windows, _ = _windows_io()[1](args.windows)
+    model = load_model(args.model, resolve_device(args.device))
+    cache = teacher_topk(model, windows, args.top_k, args.batch_size)
+    mass = kept_mass(cache)
+    info = {"top_k": args.top_k, "windows": len(windows), "positions": int(mass.numel()),
+            "kept_mass_mean": round(mass.mean().item(), 6),
+            "kept_mass_min": round(mass.min().item(), 6)}
+    with atomic_path(args.out) as tmp:
+        save_file({k: v.contiguous() for k, v in cache.items()}, str(tmp),
+                  metadata={k: str(v) for k, v in info.items()})
+        write_json(sidecar(args.out), manifest("teacher-logits", {"model": args.model,
+                                                                   "windows": args.windows},
+                                               {"top_k": args.top_k}, start, teacher=info))
+    print(f"teacher top-{args.top_k}: {info['kept_mass_mean']:.3f} of the probability mass kept "
+          f"on average (min {info['kept_mass_min']:.3f})")
 
 
 def cmd_evaluate(args):
     import torch
 
     from .artifacts import write_json
-    from .evaluate import parameter_counts, perplexity, sparsity_stats, stored_size
+    from .evaluate import (export_sizes, parameter_counts, perplexity, sparsity_stats,
+                           stored_size)
     from .models import load_model, resolve_device
 
     start = time.time()
@@ -275,6 +378,8 @@ def cmd_evaluate(args):
     made_by = _made_by(args.model)
     compress_wall = made_by.get("compress_wall_s", 0.0)
     extra = {k: made_by[k] for k in ("compaction", "quantization") if k in made_by}
+    if args.exports:
+        extra["export_bytes"] = export_sizes(args.exports)
     speed = {}
     if args.speed_new_tokens:
         from .evaluate import tokens_per_second
@@ -289,7 +394,7 @@ def cmd_evaluate(args):
         **extra,
         "model": args.model_name, "experiment": args.experiment, "method": args.method,
         "structure": args.structure, "target": args.target, "shot": args.shot,
-        "stage": args.stage or ("dense" if args.shot == 0 else f"shot-{args.shot}"),
+        "stage": args.eval_stage or ("dense" if args.shot == 0 else f"shot-{args.shot}"),
         "model_dir": str(args.model), "ppl": ppl, "eval_windows": len(windows),
         "seqlen": int(windows.shape[1]), **stats, **parameter_counts(model),
         "size_bytes": stored_size(args.model), "compress_wall_s": compress_wall,
@@ -414,16 +519,18 @@ def cmd_inspect(args):
 
 def cmd_report(args):
     from .artifacts import atomic_path
-    from .report import compaction_markdown, summary_rows, to_csv, to_markdown
+    from .report import (COLUMNS, compaction_markdown, summary_rows, to_csv, to_markdown,
+                         with_zeroshot)
 
-    rows = summary_rows(args.evals)
-    markdown = to_markdown(rows) + compaction_markdown(args.evals)
+    rows, zeroshot = with_zeroshot(summary_rows(args.evals), args.zeroshot)
+    columns = COLUMNS + zeroshot
+    markdown = to_markdown(rows, columns) + compaction_markdown(args.evals)
     for figure in args.figures:
         markdown += f"\n![{Path(figure).stem}]({Path(figure).name})\n"
-    for path, text in ((args.csv, to_csv(rows)), (args.md, markdown)):
+    for path, text in ((args.csv, to_csv(rows, columns)), (args.md, markdown)):
         with atomic_path(path) as tmp:
             tmp.write_text(text)
-    print(to_markdown(rows))
+    print(to_markdown(rows, columns))
 
 
 def cmd_plot_losses(args):
@@ -433,6 +540,30 @@ def cmd_plot_losses(args):
     curves = {Path(path).parent.parent.name: read_losses(path) for path in args.losses}
     with atomic_path(args.out) as tmp:
         plot_losses(curves, tmp)
+
+
+def _lora_arguments(s):
+    """Options of the LoRA training shared by recover and qat."""
+    s.add_argument("--windows", required=True, help="token windows to train on")
+    s.add_argument("--rank", type=int, default=8)
+    s.add_argument("--alpha", type=float, default=16)
+    s.add_argument("--targets", default="all",
+                   help="comma-separated module names (q_proj,...) or all decoder Linears")
+    s.add_argument("--steps", type=int, default=100)
+    s.add_argument("--lr", type=float, default=1e-4)
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--grad-accum", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--objective", choices=["lm", "kd", "mix"], default="lm",
+                   help="next-token loss, distillation from --teacher, or a weighted mix")
+    s.add_argument("--teacher", default="", help="top-k teacher logits of --windows")
+    s.add_argument("--kd-weight", type=float, default=0.5, help="weight of KD in `mix`")
+    s.add_argument("--temperature", type=float, default=1.0, help="KD temperature")
+    s.add_argument("--checkpoint", default="", help="resumable state (deleted when done)")
+    s.add_argument("--checkpoint-every", type=int, default=10)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--loss-out", required=True, help="loss per optimizer step (TSV)")
+    s.add_argument("--out", required=True)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -505,22 +636,24 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("recover", help="masked LoRA fine-tuning, merged -> model folder")
     s.add_argument("--model", required=True, help="pruned model folder")
-    s.add_argument("--windows", required=True, help="token windows to train on")
-    s.add_argument("--rank", type=int, default=8)
-    s.add_argument("--alpha", type=float, default=16)
-    s.add_argument("--targets", default="all",
-                   help="comma-separated module names (q_proj,...) or all decoder Linears")
-    s.add_argument("--steps", type=int, default=100)
-    s.add_argument("--lr", type=float, default=1e-4)
-    s.add_argument("--batch-size", type=int, default=1)
-    s.add_argument("--grad-accum", type=int, default=1)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--checkpoint", default="", help="resumable state (deleted when done)")
-    s.add_argument("--checkpoint-every", type=int, default=10)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--loss-out", required=True, help="loss per optimizer step (TSV)")
-    s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_recover)
+    _lora_arguments(s)
+
+    s = sub.add_parser("qat", help="quantization-aware LoRA on a quantized model, re-quantized"
+                       " on its grid -> quantized model folder")
+    s.add_argument("--model", required=True, help="quantized model folder (quantize stage)")
+    s.set_defaults(func=cmd_qat)
+    _lora_arguments(s)
+
+    s = sub.add_parser("teacher-logits", help="top-k next-token logits of a teacher model on "
+                       "token windows (the distillation cache)")
+    s.add_argument("--model", required=True, help="teacher model folder (the dense model)")
+    s.add_argument("--windows", required=True)
+    s.add_argument("--top-k", type=int, default=64)
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_teacher_logits)
 
     s = sub.add_parser("compact", help="structured Llama -> smaller model without its zeroed units")
     s.add_argument("--model", required=True)
@@ -564,11 +697,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--structure", default="none")
     s.add_argument("--target", type=float, default=0.0)
     s.add_argument("--shot", type=int, default=0)
-    s.add_argument("--stage", default="",
+    s.add_argument("--stage", dest="eval_stage", default="",
                    help="dense, shot-K, recovered or compact (default from --shot)")
     s.add_argument("--speed-prompt-tokens", type=int, default=64)
     s.add_argument("--speed-new-tokens", type=int, default=0,
                    help="also measure greedy tokens/s generating this many tokens (0 = skip)")
+    s.add_argument("--exports", nargs="*", default=[],
+                   help="exported files/folders of a quantized model (.gguf, compressed-tensors)"
+                   " whose sizes are recorded")
     s.add_argument("--batch-size", type=int, default=1)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_evaluate)
@@ -590,7 +726,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--csv", required=True)
     s.add_argument("--md", required=True)
     s.add_argument("--figures", nargs="*", default=[], help="PNGs beside the .md to show in it")
+    s.add_argument("--zeroshot", nargs="*", default=[],
+                   help="zero-shot JSONs: their average and per-task accuracy become columns")
     s.set_defaults(func=cmd_report)
+
+    from .cli_figures import add_parsers  # spectra, layer-sparsity, plot-*, html-table, ...
+
+    add_parsers(sub)
+    from . import cli_zeroshot  # zeroshot, cloze-task
+
+    cli_zeroshot.add_parsers(sub)
     return p
 
 
@@ -601,6 +746,9 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        from .artifacts import verify_inputs
+
+        verify_inputs(vars(args))  # a truncated or altered input stops here, named
         args.func(args)
     except SurgeonError as err:
         print(f"surgeon {args.stage}: error: {err}", file=sys.stderr)

@@ -141,6 +141,10 @@ def estimate_kfac(
             acc.load_state(state)
     generator = torch.Generator().manual_seed(seed)
     n = len(windows)
+    processed = 0  # windows run through the model by this call (what a resume saves)
+    if progress and acc.windows_done:
+        print(f"curvature: resuming from window {acc.windows_done} of {n} ({checkpoint})",
+              flush=True)
     bar = tqdm(total=n, initial=acc.windows_done, desc="curvature", unit="win", disable=not progress)
     with acc:
         while acc.windows_done < n:
@@ -150,6 +154,7 @@ def estimate_kfac(
             generator.manual_seed(seed + start)
             window_loss(model, batch, fisher, generator).backward()
             acc.windows_done += len(batch)
+            processed += len(batch)
             bar.update(len(batch))
             if checkpoint is not None and (
                 acc.windows_done % checkpoint_every == 0 and acc.windows_done < n
@@ -157,4 +162,6 @@ def estimate_kfac(
                 with atomic_path(checkpoint) as tmp:
                     torch.save({**acc.state(), "fingerprint": fingerprint}, tmp)
     bar.close()
+    if progress:
+        print(f"curvature: {processed} of {n} windows processed in this run", flush=True)
     return acc.factors(), acc

@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import torch
 
+from .artifacts import rebuild_hint
 from .errors import SurgeonError
 
 FORMAT_VERSION = 1
@@ -44,7 +45,7 @@ def open_curvature(path: str | Path) -> h5py.File:
     except OSError as err:
         raise SurgeonError(
             f"curvature file {path} is corrupt or truncated ({str(err).splitlines()[0]}); "
-            "delete it and re-run the curvature stage"
+            + rebuild_hint(path)
         ) from None
     if f.attrs.get("format_version") != FORMAT_VERSION:
         f.close()
@@ -60,5 +61,5 @@ def read_factors(f: h5py.File, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     except OSError as err:
         raise SurgeonError(
             f"cannot read layer {name} of {f.filename} (corrupt: {str(err).splitlines()[0]}); "
-            "delete it and re-run the curvature stage"
+            + rebuild_hint(f.filename)
         ) from None

@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import SurgeonError
 
 COLUMNS = ["model", "experiment", "method", "structure", "target", "shot", "stage", "sparsity", "params",
-           "nonzero_params", "size_mb", "ppl", "compress_wall_s", "tokens_per_s",
+           "nonzero_params", "size_mb", "stored_as", "ppl", "compress_wall_s", "tokens_per_s",
            "bits_per_weight"]
 
 
@@ -29,7 +29,7 @@ def summary_rows(eval_files: list[str | Path]) -> list[dict]:
             "sparsity": round(e["sparsity"], 4),
             "params": e["params"],
             "nonzero_params": e["nonzero_params"],
-            "size_mb": round(e["size_bytes"] / 2**20, 1),
+            **stored_size(e),
             "ppl": round(e["ppl"], 3),
             "compress_wall_s": e.get("compress_wall_s", 0.0),
             "tokens_per_s": e.get("tokens_per_s", ""),
@@ -40,17 +40,51 @@ def summary_rows(eval_files: list[str | Path]) -> list[dict]:
     return rows
 
 
-def to_csv(rows: list[dict]) -> str:
+def stored_size(e: dict) -> dict:
+    """A quantized model counts at its smallest export (its folder holds dequantized float32
+    weights for evaluation); other models at their safetensors files."""
+    exports = e.get("export_bytes")
+    if exports:
+        fmt, size = min(exports.items(), key=lambda kv: kv[1])
+    else:
+        fmt, size = "safetensors", e["size_bytes"]
+        if "quantization" in e:
+            fmt = "safetensors (dequantized)"
+    return {"size_mb": round(size / 2**20, 1), "stored_as": fmt}
+
+
+def with_zeroshot(rows: list[dict], zeroshot_files: list[str | Path]) -> tuple[list, list]:
+    """(rows, added columns): each row gains `zeroshot_acc` (mean acc over the tasks that ran)
+    and `acc_<task>` from the zero-shot JSON of the same model, experiment and stage; rows
+    without one get empty cells."""
+    scores, tasks = {}, []
+    for path in zeroshot_files:
+        z = json.loads(Path(path).read_text())
+        acc = {f"acc_{t}": round(v["acc"], 4) for t, v in z["tasks"].items()
+               if v.get("acc") is not None}
+        avg = z.get("average_acc")
+        scores[(z["model"], z["experiment"], z["stage"])] = {
+            "zeroshot_acc": "" if avg is None else round(avg, 4), **acc}
+        tasks += [c for c in acc if c not in tasks]
+    if not scores:
+        return rows, []
+    columns = ["zeroshot_acc", *sorted(tasks)]
+    empty = dict.fromkeys(columns, "")
+    return [{**r, **empty, **scores.get((r["model"], r["experiment"], r["stage"]), {})}
+            for r in rows], columns
+
+
+def to_csv(rows: list[dict], columns: list[str] = COLUMNS) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
 
 
-def to_markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+def to_markdown(rows: list[dict], columns: list[str] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
