@@ -33,8 +33,9 @@ def tiny_config(model_dir):
                  "max_eval_windows": 8, "seed": 0},
         "curvature": {"checkpoint_every": 2},
         "speed": {"prompt_tokens": 8, "new_tokens": 4},
-        # zero-shot of the dense model only, on a few items (tests/test_zeroshot.py has more)
-        "zeroshot": {"stages": ["dense"], "limit": 4, "cloze": {"items": 8}},
+        # zero-shot of the dense and final models on a few items; wanda-24 opts out
+        "zeroshot": {"tasks": ["surgeon_python", "surgeon_cloze"], "stages": ["dense", "final"],
+                     "limit": 4, "cloze": {"items": 8}},
         "quantization": {"gptq4": {"method": "gptq", "bits": 4, "group_size": 32},
                          "rtn3": {"method": "rtn", "bits": 3, "symmetric": False},
                          "gptq4-qat": {"qat_from": "gptq4", "objective": "mix"}},
@@ -47,7 +48,8 @@ def tiny_config(model_dir):
                         "quantize": ["gptq4", "gptq4-qat"]},
             "magnitude": {"method": "magnitude", "structure": "unstructured", "target": 0.5,
                           "recover": True, "recover_objective": "kd", "quantize": ["rtn3"]},
-            "wanda-24": {"method": "wanda", "structure": "2:4", "target": 0.5},
+            "wanda-24": {"method": "wanda", "structure": "2:4", "target": 0.5,
+                         "zeroshot": False},
             "structured-lora": {"method": "llm-surgeon", "structure": "structured",
                                 "target": 0.2, "lora_steps": 2, "lora_windows": 2,
                                 "compact": True},
@@ -198,6 +200,28 @@ def test_distillation_and_quantization_aware_lora(finished_run):
     rows = list(csv.DictReader(open(finished_run / "results" / "report" / "summary.csv")))
     stages = {r["stage"] for r in rows if r["experiment"] == "surgeon"}
     assert {"quantized-gptq4", "quantized-gptq4-qat"} <= stages
+
+
+def test_zeroshot_results_and_report_columns(finished_run):
+    """Dense and final shots scored on the project's tasks; an experiment that opts out is not."""
+    res = finished_run / "results" / "tiny"
+    cloze = [json.loads(line) for line in (res / "data/cloze/surgeon_cloze.jsonl").open()]
+    assert len(cloze) == 8
+    for exp, stage in (("dense", "dense"), ("surgeon", "shot-3"), ("magnitude", "shot-1")):
+        z = json.loads((res / exp / "zeroshot" / f"{stage}.json").read_text())
+        assert (z["experiment"], z["stage"]) == (exp, stage)
+        assert {t: v["n"] for t, v in z["tasks"].items()} == {"surgeon_python": 4,
+                                                              "surgeon_cloze": 4}
+        assert z["skipped"] == []
+    assert not (res / "wanda-24" / "zeroshot").exists()
+    assert not (res / "magnitude" / "zeroshot" / "recovered.json").exists()
+    rows = {(r["experiment"], r["stage"]): r
+            for r in csv.DictReader(open(finished_run / "results/report/summary.csv"))}
+    for key in (("dense", "dense"), ("magnitude", "shot-1")):
+        assert 0 <= float(rows[key]["zeroshot_acc"]) <= 1
+        assert 0 <= float(rows[key]["acc_surgeon_python"]) <= 1
+    assert rows[("wanda-24", "shot-1")]["zeroshot_acc"] == ""
+    assert "zeroshot_acc" in (finished_run / "results/report/summary.md").read_text()
 
 
 def test_recovery_artifacts(finished_run):

@@ -2,7 +2,6 @@
 the cloze task built from the evaluation text, skipped and unknown tasks, the report columns,
 and a small workflow run."""
 
-import csv
 import importlib.util
 import json
 import os
@@ -19,7 +18,6 @@ from surgeon.cloze import cloze_items, normalize
 from surgeon.data import load_split
 from surgeon.report import with_zeroshot
 from surgeon.zeroshot import hub_reachable, resolve_data_files
-from test_workflow import snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "resources" / "tasks"
@@ -258,43 +256,3 @@ def test_report_gains_zeroshot_columns(tmp_path):
     assert out[1] == {**rows[1], "zeroshot_acc": "", "acc_a": "", "acc_b": ""}
     assert out[2]["zeroshot_acc"] == 0.75 and out[2]["acc_b"] == ""
     assert with_zeroshot(rows, []) == (rows, [])
-
-
-def test_workflow_writes_zeroshot_results_and_report_columns(tmp_path, llama_dir):
-    """Dense + one experiment's final shot scored; an experiment that opts out is not."""
-    config = {
-        "model": {"name": "tiny", "source": str(llama_dir)},
-        "device": "cpu",
-        "data": {"source": "embedded:pydoc-topics", "seqlen": 32, "calibration_windows": 2,
-                 "max_eval_windows": 4},
-        "speed": {"prompt_tokens": 8, "new_tokens": 2},
-        "zeroshot": {"tasks": ["surgeon_python", "surgeon_cloze"], "limit": 6,
-                     "cloze": {"items": 8}},
-        "experiments": {
-            "magnitude": {"method": "magnitude", "structure": "unstructured", "target": 0.5},
-            "no-zeroshot": {"method": "magnitude", "structure": "2:4", "target": 0.5,
-                            "zeroshot": False},
-        },
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    r = snakemake(tmp_path, "--configfile", str(tmp_path / "config.yaml"))
-    assert r.returncode == 0, r.stderr[-4000:]
-    res = tmp_path / "results" / "tiny"
-    cloze = [json.loads(line) for line in (res / "data/cloze/surgeon_cloze.jsonl").open()]
-    assert len(cloze) == 8
-    for exp, stage in (("dense", "dense"), ("magnitude", "shot-1")):
-        z = json.loads((res / exp / "zeroshot" / f"{stage}.json").read_text())
-        assert (z["experiment"], z["stage"]) == (exp, stage)
-        assert {t: v["n"] for t, v in z["tasks"].items()} == {"surgeon_python": 6,
-                                                              "surgeon_cloze": 6}
-        assert z["skipped"] == []
-    assert not (res / "no-zeroshot" / "zeroshot").exists()
-    rows = {(r["experiment"], r["stage"]): r
-            for r in csv.DictReader(open(tmp_path / "results/report/summary.csv"))}
-    for key in (("dense", "dense"), ("magnitude", "shot-1")):
-        assert 0 <= float(rows[key]["zeroshot_acc"]) <= 1
-        assert 0 <= float(rows[key]["acc_surgeon_python"]) <= 1
-    assert rows[("no-zeroshot", "shot-1")]["zeroshot_acc"] == ""
-    assert "zeroshot_acc" in (tmp_path / "results/report/summary.md").read_text()
-    dry = snakemake(tmp_path, "--configfile", str(tmp_path / "config.yaml"), "-n")
-    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
