@@ -276,36 +276,48 @@ def _write_losses(path, losses):
                                                   for i, v in enumerate(losses)))
 
 
+def _write_model_folder(out, model, source, masks, stage, inputs, config, start, codes=None,
+                        codes_info=None, **extra):
+    """A model folder a stage made from the one at `source`: weights, its tokenizer, the mask,
+    integer codes when quantized, and the manifest with the compression time so far."""
+    from .artifacts import MASK_FILE, QUANT_FILE, atomic_path, manifest, write_json
+    from .models import load_tokenizer, save_model
+    from .prune import save_mask
+    from .quantize import save_codes
+
+    with atomic_path(out, directory=True) as tmp:
+        save_model(model, load_tokenizer(source), tmp)
+        save_mask(tmp / MASK_FILE, masks)
+        if codes is not None:
+            save_codes(tmp / QUANT_FILE, codes, codes_info)
+        m = manifest(stage, inputs, config, start, **extra)
+        m["compress_wall_s"] = round(_compress_wall(source) + m["wall_time_s"], 3)
+        write_json(tmp / "manifest.json", m)
+
+
 def cmd_recover(args):
-    from .artifacts import MASK_FILE, atomic_path, manifest, write_json
-    from .models import load_model, load_tokenizer, resolve_device, save_model
-    from .prune import decoder_weights, load_mask, save_mask, weight_columns
+    from .models import load_model, resolve_device
+    from .prune import decoder_weights, load_mask, weight_columns
 
     start = time.time()
     model = load_model(args.model, resolve_device(args.device))
-    tokenizer = load_tokenizer(args.model)
     masks = load_mask(args.model, decoder_weights(model))
     losses, config, inputs = _lora_fit(args, model, weight_columns(masks, model))
     model.to("cpu")
     _write_losses(args.loss_out, losses)
-    with atomic_path(args.out, directory=True) as tmp:
-        save_model(model, tokenizer, tmp)
-        save_mask(tmp / MASK_FILE, masks)
-        m = manifest("recover", inputs, config, start,
-                     initial_loss=losses[0], final_loss=losses[-1])
-        m["compress_wall_s"] = round(_compress_wall(args.model) + m["wall_time_s"], 3)
-        write_json(tmp / "manifest.json", m)
+    _write_model_folder(args.out, model, args.model, masks, "recover", inputs, config, start,
+                        initial_loss=losses[0], final_loss=losses[-1])
     print(f"recovered: loss {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} steps")
 
 
 def cmd_qat(args):
     import torch
 
-    from .artifacts import MASK_FILE, QUANT_FILE, atomic_path, manifest, write_json
-    from .models import decoder_linears, load_model, load_tokenizer, resolve_device, save_model
-    from .prune import decoder_weights, load_mask, save_mask, weight_columns
+    from .artifacts import QUANT_FILE
+    from .models import decoder_linears, load_model, resolve_device
+    from .prune import decoder_weights, load_mask, weight_columns
     from .qat import requantize
-    from .quantize import load_codes, save_codes
+    from .quantize import load_codes
 
     start = time.time()
     quant = _made_by(args.model).get("quantization")
@@ -324,14 +336,9 @@ def cmd_qat(args):
             layers[name].weight.copy_(codes[name].weight().to(layers[name].weight))
     info = {**quant, "qat": config, "quantized_from": str(args.model)}
     _write_losses(args.loss_out, losses)
-    with atomic_path(args.out, directory=True) as tmp:
-        save_model(model, load_tokenizer(args.model), tmp)
-        save_mask(tmp / MASK_FILE, masks)
-        save_codes(tmp / QUANT_FILE, codes, quant)
-        m = manifest("qat", inputs, config, start, quantization=info,
-                     initial_loss=losses[0], final_loss=losses[-1])
-        m["compress_wall_s"] = round(_compress_wall(args.model) + m["wall_time_s"], 3)
-        write_json(tmp / "manifest.json", m)
+    _write_model_folder(args.out, model, args.model, masks, "qat", inputs, config, start,
+                        codes=codes, codes_info=quant, quantization=info,
+                        initial_loss=losses[0], final_loss=losses[-1])
     print(f"quantization-aware LoRA: loss {losses[0]:.4f} -> {losses[-1]:.4f}, re-quantized on "
           f"the same {quant['bits']}-bit grid")
 
@@ -433,11 +440,10 @@ def cmd_compact(args):
 def cmd_quantize(args):
     import contextlib
 
-    from .artifacts import MASK_FILE, QUANT_FILE, atomic_path, manifest, write_json
     from .curvature_store import open_curvature
-    from .models import load_model, load_tokenizer, resolve_device, save_model
-    from .prune import decoder_weights, load_mask, save_mask, weight_columns
-    from .quantize import Grid, bits_per_weight, quantize_model, save_codes
+    from .models import load_model, resolve_device
+    from .prune import decoder_weights, load_mask, weight_columns
+    from .quantize import Grid, bits_per_weight, quantize_model
 
     start = time.time()
     model = load_model(args.model, "cpu")
@@ -452,13 +458,9 @@ def cmd_quantize(args):
     info = {"method": args.method, "bits": grid.bits, "group_size": grid.group_size,
             "symmetric": grid.symmetric, "bits_per_weight": bits_per_weight(grid),
             "quantized_weights": sum(q.codes.numel() for q in codes.values())}
-    with atomic_path(args.out, directory=True) as tmp:
-        save_model(model, load_tokenizer(args.model), tmp)
-        save_mask(tmp / MASK_FILE, masks)
-        save_codes(tmp / QUANT_FILE, codes, info)
-        m = manifest("quantize", inputs, {"damp": args.damp}, start, quantization=info)
-        m["compress_wall_s"] = round(_compress_wall(args.model) + m["wall_time_s"], 3)
-        write_json(tmp / "manifest.json", m)
+    _write_model_folder(args.out, model, args.model, masks, "quantize", inputs,
+                        {"damp": args.damp}, start, codes=codes, codes_info=info,
+                        quantization=info)
     print(f"{args.method} {grid.bits}-bit, groups of {grid.group_size}: "
           f"{info['bits_per_weight']:.3f} bits per decoder-Linear weight")
 
