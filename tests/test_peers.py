@@ -109,7 +109,7 @@ def test_two_four_holds_in_every_block_of_every_layer(arch, method, tmp_path):
             layer.bias.data.uniform_(-0.1, 0.1)
     path = curvature_file(model, tmp_path / "c.h5", random_windows(2, 16))
     masks = prune_shot(model, method, 0.5, removed_so_far(model, tmp_path), path,
-                       group_elements=16, progress=False, structure="2:4")
+                       progress=False, structure="2:4")
     for n, layer in decoder_linears(model).items():
         assert is_nm(layer.weight.detach(), layer.in_features), n
         # at least half: inputs that never fire (dead ReLU columns) are zeros already
@@ -122,12 +122,12 @@ def test_llm_surgeon_two_four_in_two_shots_keeps_the_first_shots_blocks(tmp_path
     model = tiny_model("llama", seed=1)
     windows = random_windows(2, 16)
     masks1 = prune_shot(model, "llm-surgeon", 0.25, removed_so_far(model, tmp_path),
-                        curvature_file(model, tmp_path / "c1.h5", windows), group_elements=16,
+                        curvature_file(model, tmp_path / "c1.h5", windows),
                         progress=False, structure="2:4")
     total = sparsity_stats(model)["decoder_params"]
     assert sparsity_stats(model)["decoder_zeros"] == total // 4
     masks2 = prune_shot(model, "llm-surgeon", 0.5, removed_so_far(model, tmp_path),
-                        curvature_file(model, tmp_path / "c2.h5", windows), group_elements=16,
+                        curvature_file(model, tmp_path / "c2.h5", windows),
                         progress=False, structure="2:4")
     for n, layer in decoder_linears(model).items():
         assert is_nm(layer.weight.detach(), layer.in_features)

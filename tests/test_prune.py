@@ -32,7 +32,7 @@ def test_llm_surgeon_shots_hit_target_and_keep_zeros(arch, tmp_path):
     total = sparsity_stats(model)["decoder_params"]
     before = {n: W.clone() for n, W in decoder_weights(model).items()}
     masks1 = prune_shot(model, "llm-surgeon", 0.25, removed_so_far(model, tmp_path),
-                        curvature_file(model, tmp_path / "c1.h5", windows), group_elements=16,
+                        curvature_file(model, tmp_path / "c1.h5", windows),
                         progress=False)
     stats = sparsity_stats(model)
     assert stats["decoder_zeros"] == round(0.25 * total)
@@ -41,7 +41,7 @@ def test_llm_surgeon_shots_hit_target_and_keep_zeros(arch, tmp_path):
     changed = sum(int(((after1[n] != before[n]) & ~masks1[n]).sum()) for n in before)
     assert changed > 0
     masks2 = prune_shot(model, "llm-surgeon", 0.5, removed_so_far(model, tmp_path),
-                        curvature_file(model, tmp_path / "c2.h5", windows), group_elements=16,
+                        curvature_file(model, tmp_path / "c2.h5", windows),
                         progress=False)
     assert sparsity_stats(model)["decoder_zeros"] == round(0.5 * total)
     after2 = decoder_weights(model)
@@ -100,8 +100,8 @@ def test_streamed_inverses_give_the_same_result_as_cached(tmp_path):
     model = tiny_model("llama", seed=5)
     path = curvature_file(model, tmp_path / "c.h5", random_windows(2, 16))
     weights, removed = decoder_weights(model), removed_so_far(model, tmp_path)
-    cached, m1 = surgeon_elements(weights, removed, path, 0.4, 0.1, 0.01, 32, False)
-    streamed, m2 = surgeon_elements(weights, removed, path, 0.4, 0.1, 0.01, 32, False,
+    cached, m1 = surgeon_elements(weights, removed, path, 0.4, 0.1, 0.01, False)
+    streamed, m2 = surgeon_elements(weights, removed, path, 0.4, 0.1, 0.01, False,
                                     cache_bytes=0)
     for n in cached:
         assert torch.equal(m1[n], m2[n])

@@ -13,13 +13,16 @@ from tqdm import tqdm
 
 from . import obs
 from .artifacts import MASK_FILE
+from .coupling import dead_after_removal
 from .curvature_store import open_curvature, read_factors
 from .errors import SurgeonError
+from .layerwise import prune_sequentially
 from .llm_pruner import coupled_groups, group_scores, llm_pruner_masks, taylor_importance
 from .models import decoder_linears, set_weight_with_bias, weight_with_bias
 from .selection import NM_DENSITY, select_elements
 from .sparsegpt import sparsegpt_prune
-from .structured import obs_structured_update, structure_costs, structured_threshold
+from .structured import (obs_structured_update, removed_count, structure_costs,
+                         structured_threshold)
 from .threshold import REMOVED
 from .wanda import wanda_scores
 
@@ -41,6 +44,12 @@ METHODS = {
     "magnitude": Method(False, "layer", ALL),
     "llm-pruner": Method(False, "layer", ("structured",)),
 }
+# Structured OBS costs 0.5 w^T A~ w / Gi_rr with the DAMPED factor: the exact loss increase of
+# the quadratic model that the updates minimise (undamped numerators mix two models; both were
+# measured, docs/comparison.md)
+DAMPED_COST_NUMERATORS = True
+PROBE_TOKENS = 64  # tokens of the window that shows which structures a removal kills
+SEQUENTIAL_METHODS = ("sparsegpt", "wanda")  # run layer by layer in their papers
 STRUCTURE_COSTS = {"llm-surgeon": "obs", "k-obd": "k-obd", "l-obd": "l-obd",
                    "magnitude": "magnitude"}
 
@@ -79,7 +88,8 @@ def element_costs(method: str, W: torch.Tensor, A=None, G=None) -> torch.Tensor:
     return obs.obd_element_costs(W, g_diag, A.diagonal())
 
 
-def zeroing_shot(method, weights, removed, fraction, structure, weight_cols, curvature=None):
+def zeroing_shot(method, weights, removed, fraction, structure, weight_cols, curvature=None,
+                 nm_schedule="blocks"):
     """Magnitude, Wanda, K-OBD, L-OBD: costs, selection, zeroing without any update."""
     costs = {}
     with open_curvature(curvature) if curvature else contextlib.nullcontext() as f:
@@ -88,7 +98,7 @@ def zeroing_shot(method, weights, removed, fraction, structure, weight_cols, cur
             cost[removed[n]] = REMOVED
             costs[n] = cost
     masks = select_elements(costs, removed, fraction, structure, METHODS[method].scope,
-                            weight_cols)
+                            weight_cols, nm_schedule)
     return {n: W.masked_fill(masks[n], 0.0) for n, W in weights.items()}, masks
 
 
@@ -103,6 +113,38 @@ def sparsegpt_shot(weights, removed, fraction, structure, weight_cols, curvature
             Wn, mask = sparsegpt_prune(W, A, fraction, removed[n].to(device), weight_cols[n], nm)
             new_weights[n], masks[n] = Wn.cpu(), mask.cpu()
     return new_weights, masks
+
+
+def sequential_shot(model, method, removed, fraction, structure, weight_cols, windows,
+                    progress=True, device="cpu"):
+    """SparseGPT or Wanda layer by layer, each block's A from the outputs of the blocks
+    before it as already pruned (layerwise.py); sets the model's weights, returns the masks."""
+    if windows is None:
+        raise SurgeonError(f"sequential {method} needs calibration windows (--calibration)")
+    layers = decoder_linears(model)
+    nm = (2, 4) if structure == "2:4" else None
+    masks = {}
+
+    def prune_block(factors):
+        for n, A in factors.items():
+            W = weight_with_bias(layers[n])
+            gone = removed[n].to(W.device)
+            if method == "sparsegpt":
+                Wn, mask = sparsegpt_prune(W, A.to(W.device), fraction, gone, weight_cols[n], nm)
+            else:
+                cost = element_costs(method, W, A.to(W.device)).float().masked_fill(gone, REMOVED)
+                mask = select_elements({n: cost}, {n: gone}, fraction, structure, "row",
+                                       {n: weight_cols[n]})[n]
+                Wn = W.masked_fill(mask, 0.0)
+            set_weight_with_bias(layers[n], Wn)
+            masks[n] = mask.cpu()
+
+    model.to(device)
+    try:
+        prune_sequentially(model, windows, prune_block, progress)
+    finally:
+        model.to("cpu")
+    return masks
 
 
 def layer_factors(f, weights, device: str = "cpu"):
@@ -142,9 +184,10 @@ def layer_inverses(f, weights, damp_g: float, damp_a: float, progress: bool = Tr
 
 
 def surgeon_elements(weights, removed, curvature: Path, fraction: float, damp_g: float,
-                     damp_a: float, group_elements: int, progress: bool = True,
+                     damp_a: float, progress: bool = True, cg_tol: float = obs.CG_TOL,
                      cache_bytes: float = 6e9, device: str = "cpu",
-                     structure: str = "unstructured", weight_cols: dict | None = None):
+                     structure: str = "unstructured", weight_cols: dict | None = None,
+                     nm_schedule: str = "blocks"):
     """LLM Surgeon, unstructured or 2:4: global OBS threshold over element (or block) costs,
     then row-grouped correlated updates of the chosen elements.
 
@@ -164,16 +207,18 @@ def surgeon_elements(weights, removed, curvature: Path, fraction: float, damp_g:
             costs[n] = cost
             if cache is not None:
                 cache[n] = (lr, lc, Gi, Ai)
-        masks = select_elements(costs, removed, fraction, structure, "global", weight_cols)
+        masks = select_elements(costs, removed, fraction, structure, "global", weight_cols,
+                                nm_schedule)
         del costs
 
         def update(item):
             n, (lr, lc, Gi, Ai) = item
             W = weights[n]
             ri, ci = torch.nonzero(lr).flatten().cpu(), torch.nonzero(lc).flatten().cpu()
-            new = masks[n] & ~removed[n]
+            # every removed element is a constraint, those of earlier shots too: their w is 0,
+            # so they add no cost, but without them the update would move them off zero
             Wl = obs.obs_element_prune(W[ri][:, ci].to(device), Gi.float(), Ai.float(),
-                                       new[ri][:, ci].to(device), group_elements)
+                                       masks[n][ri][:, ci].to(device), tol=cg_tol)
             out = torch.zeros_like(W)
             out[ri[:, None], ci] = Wl.to("cpu", W.dtype)
             out[masks[n]] = 0.0
@@ -202,12 +247,15 @@ def surgeon_elements(weights, removed, curvature: Path, fraction: float, damp_g:
 
 
 def structured_shot(method, weights, removed, fraction, curvature, damp_g, damp_a,
-                    progress=True, device="cpu", cache_bytes: float = 6e9):
+                    progress=True, device="cpu", cache_bytes: float = 6e9, probe=None):
     """Rows and columns in one pool (global, or per layer for magnitude), then updates.
 
-    LLM Surgeon updates the kept weights (row and column OBS updates summed); the baselines only
-    zero. Dead rows/columns (zero weights or zero curvature diagonal) cost -1: they are taken
-    first and count toward the target, which frees coupled structures across shots.
+    LLM Surgeon updates the kept weights (row update, then column update of the result); the
+    baselines only zero. Dead rows/columns (zero weights or zero curvature diagonal) cost -1:
+    they are taken first and count toward the target. `probe(chosen)` returns the rows and
+    columns the chosen ones make dead (coupling.py); they are counted in this shot: taken at
+    cost -1 and the threshold moved until the shot's target holds with them, then zeroed
+    without an update (their curvature predates the removal that killed them).
     """
     kind = STRUCTURE_COSTS[method]
     cache = {} if kind == "obs" and fits_in_cache(weights, cache_bytes) else None
@@ -220,23 +268,19 @@ def structured_shot(method, weights, removed, fraction, curvature, damp_g, damp_
         for n, W, A, G, lr, lc, Gi, Ai in layers:
             if cache is not None:
                 cache[n] = (lr, lc, Gi, Ai)
-            rc, cc = structure_costs(kind, W[lr][:, lc],
-                                     None if G is None else G[lr][:, lr],
-                                     None if A is None else A[lc][:, lc],
+            G = None if G is None else G[lr][:, lr]
+            A = None if A is None else A[lc][:, lc]
+            if kind == "obs" and DAMPED_COST_NUMERATORS:
+                G, A = obs.damped(G, damp_g), obs.damped(A, damp_a)
+            rc, cc = structure_costs(kind, W[lr][:, lc], G, A,
                                      None if Gi is None else Gi.diagonal(),
                                      None if Ai is None else Ai.diagonal())
             row_pools[n] = torch.full((W.shape[0],), REMOVED, dtype=torch.float64)
             col_pools[n] = torch.full((W.shape[1],), REMOVED, dtype=torch.float64)
             row_pools[n][lr.cpu()] = rc.double().cpu()
             col_pools[n][lc.cpu()] = cc.double().cpu()
-        if METHODS[method].scope == "global":
-            total = sum(W.numel() for W in weights.values())
-            chosen = structured_threshold(row_pools, col_pools, round(fraction * total))
-        else:
-            chosen = {}
-            for n, W in weights.items():
-                chosen.update(structured_threshold({n: row_pools[n]}, {n: col_pools[n]},
-                                                   round(fraction * W.numel())))
+        chosen, killed = select_counting_dead(row_pools, col_pools, weights, fraction,
+                                              METHODS[method].scope, probe)
         if kind == "obs" and cache is None:  # too large to keep: a second streamed pass
             cache = {n: rest for n, _, _, _, *rest in layer_inverses(f, weights, damp_g, damp_a,
                                                                      False, device)}
@@ -247,13 +291,65 @@ def structured_shot(method, weights, removed, fraction, curvature, damp_g, damp_
         if kind == "obs":
             lr, lc, Gi, Ai = cache.pop(n)
             lr, lc = lr.cpu(), lc.cpu()
+            upd_rows, upd_cols = rows & ~killed[n][0], cols & ~killed[n][1]
             out = torch.zeros_like(W)
             out[lr.nonzero()[:, :1], lc.nonzero()[:, 0]] = obs_structured_update(
-                W[lr][:, lc].to(device), Gi, Ai, rows[lr].to(device), cols[lc].to(device)
+                W[lr][:, lc].to(device), Gi, Ai, upd_rows[lr].to(device),
+                upd_cols[lc].to(device)
             ).to("cpu", W.dtype)
         masks[n] = rows[:, None] | cols[None, :] | removed[n]
         new_weights[n] = out.masked_fill(masks[n], 0.0)
     return new_weights, masks
+
+
+DEAD_SEARCH_STEPS = 16  # bisection steps on the threshold's fraction (probe passes)
+
+
+def select_counting_dead(row_pools, col_pools, weights, fraction, scope, probe=None):
+    """(removed, killed): per layer boolean (rows, columns) a shot removes at the cumulative
+    `fraction`, and the part of them that is removed only because others left it dead.
+
+    Without a probe the threshold runs once. With one, what the chosen structures kill counts
+    too: removed(f) = chosen(f) + dead(chosen(f)) grows with the threshold's fraction f, so a
+    bisection finds the smallest f whose removed count reaches the target.
+    """
+    total = sum(W.numel() for W in weights.values())
+
+    def threshold(f):
+        if scope == "global":
+            return structured_threshold(row_pools, col_pools, round(f * total))
+        out = {}
+        for n, W in weights.items():
+            out.update(structured_threshold({n: row_pools[n]}, {n: col_pools[n]},
+                                            round(f * W.numel())))
+        return out
+
+    def removed_at(f):
+        chosen = threshold(f)
+        if probe is None:
+            return chosen, chosen
+        return chosen, probe(chosen)
+
+    def count(removed):
+        return sum(removed_count(int(r.sum()), int(c.sum()), len(r), len(c))
+                   for r, c in removed.values())
+
+    target = round(fraction * total)
+    chosen, removed = removed_at(fraction)
+    if count(removed) > count(chosen):  # kills beyond the chosen: move the threshold down
+        lo, hi = 0.0, fraction
+        best = (chosen, removed)
+        for _ in range(DEAD_SEARCH_STEPS):
+            mid = (lo + hi) / 2
+            c_mid, r_mid = removed_at(mid)
+            if count(r_mid) >= target:
+                hi, best = mid, (c_mid, r_mid)
+            else:
+                lo = mid
+        chosen, removed = best
+    killed = {n: (removed[n][0] & ~chosen[n][0], removed[n][1] & ~chosen[n][1])
+              for n in removed}
+    return removed, killed
 
 
 def llm_pruner_shot(model, fraction, windows, device="cpu"):
@@ -297,38 +393,52 @@ def check_method(method: str, structure: str, fraction: float) -> Method:
 
 
 def prune_shot(model, method: str, fraction: float, removed, curvature: Path | None = None,
-               damp_g: float = 0.1, damp_a: float = 0.01, group_elements: int = 256,
+               damp_g: float = 0.1, damp_a: float = 0.01,
                progress: bool = True, device: str = "cpu",
                structure: str = "unstructured",
-               calibration: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               calibration: torch.Tensor | None = None,
+               sequential: bool = False, nm_schedule: str = "blocks") -> dict[str, torch.Tensor]:
     """Prune `model` in place to a cumulative removed `fraction`; returns the masks.
 
-    `calibration` (token windows) is read by methods that need gradients (llm-pruner).
+    `calibration` (token windows) is read by methods that need gradients (llm-pruner) and by
+    `sequential` SparseGPT / Wanda, which take each layer's A from the inputs it sees after
+    the layers before it are pruned instead of from the dense curvature file.
     """
     m = check_method(method, structure, fraction)
-    if m.curvature and curvature is None:
+    if sequential and method not in SEQUENTIAL_METHODS:
+        raise SurgeonError(f"sequential mode is for {', '.join(SEQUENTIAL_METHODS)}, "
+                           f"not {method}")
+    if m.curvature and curvature is None and not sequential:
         raise SurgeonError(f"method {method} needs a curvature file")
-    weights = decoder_weights(model)
     weight_cols = {n: layer.in_features for n, layer in decoder_linears(model).items()}
+    if sequential:
+        return sequential_shot(model, method, removed, fraction, structure, weight_cols,
+                               calibration, progress, device)
+    weights = decoder_weights(model)
     if method == "llm-surgeon" and structure != "structured":
         new_weights, masks = surgeon_elements(
-            weights, removed, curvature, fraction, damp_g, damp_a, group_elements, progress,
-            device=device, structure=structure, weight_cols=weight_cols,
+            weights, removed, curvature, fraction, damp_g, damp_a, progress,
+            device=device, structure=structure, weight_cols=weight_cols, nm_schedule=nm_schedule,
         )
     elif method == "llm-pruner":
         masks = llm_pruner_shot(model, fraction, calibration, device)
         masks = {n: m | removed[n] for n, m in masks.items()}
         new_weights = {n: W.masked_fill(masks[n], 0.0) for n, W in weights.items()}
     elif structure == "structured":
+        probe = None
+        if calibration is not None:  # count the coupled structures a removal kills (coupling.py)
+            ids = calibration[:1, :PROBE_TOKENS]
+            probe = lambda chosen: dead_after_removal(model, chosen, ids)  # noqa: E731
         new_weights, masks = structured_shot(method, weights, removed, fraction,
                                              curvature if m.curvature else None, damp_g, damp_a,
-                                             progress, device)
+                                             progress, device, probe=probe)
     elif method == "sparsegpt":
         new_weights, masks = sparsegpt_shot(weights, removed, fraction, structure, weight_cols,
                                             curvature, progress, device)
     else:
         new_weights, masks = zeroing_shot(method, weights, removed, fraction, structure,
-                                          weight_cols, curvature if m.curvature else None)
+                                          weight_cols, curvature if m.curvature else None,
+                                          nm_schedule)
     for n, layer in decoder_linears(model).items():
         set_weight_with_bias(layer, new_weights[n].to(layer.weight.device, layer.weight.dtype))
     return masks

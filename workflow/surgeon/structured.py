@@ -142,19 +142,20 @@ def obs_structured_update(W: torch.Tensor, Gi: torch.Tensor, Ai: torch.Tensor,
                           rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """W after removing the rows and columns given as boolean masks (length R and C).
 
-    Row update dW_R = -Gi[:, R] Gi[R, R]^-1 W[R, :] (A cancels), column update
-    dW_C = -W[:, C] Ai[C, C]^-1 Ai[C, :], both from the same W and summed; the removed rows
-    and columns are then set exactly to zero. Solved in float64, returned in W's dtype.
+    Row update dW_R = -Gi[:, R] Gi[R, R]^-1 W[R, :] (A cancels), then the column update
+    dW_C = -W'[:, C] Ai[C, C]^-1 Ai[C, :] of the row-updated W'. Under H = G~ (x) A~ the two
+    projections commute, so the sequence is the joint optimum of removing both sets (summing
+    two updates computed from the same W is not). Removed rows and columns are then set
+    exactly to zero. Solved in float64, returned in W's dtype.
     """
-    Wd = W.double()
+    Wn = W.double().clone()
     Gi, Ai = Gi.double(), Ai.double()
     rows, cols = rows.to(W.device), cols.to(W.device)
-    dW = torch.zeros_like(Wd)
     if rows.any():
-        dW -= Gi[:, rows] @ _spd_solve(Gi[rows][:, rows], Wd[rows])
+        Wn -= Gi[:, rows] @ _spd_solve(Gi[rows][:, rows], Wn[rows])
+        Wn[rows] = 0.0
     if cols.any():
-        dW -= _spd_solve(Ai[cols][:, cols], Wd[:, cols].T).T @ Ai[cols]
-    Wn = Wd + dW
+        Wn -= _spd_solve(Ai[cols][:, cols], Wn[:, cols].T).T @ Ai[cols]
     Wn[rows] = 0.0
     Wn[:, cols] = 0.0
     return Wn.to(W.dtype)
