@@ -42,7 +42,7 @@ def resume_config(model_dir, **changes) -> dict:
     cfg["experiments"] = {
         # shot 1 is not kept: a temp model under scratch/ that shot 2 reads
         "two-shot": {"method": "llm-surgeon", "structure": "unstructured", "target": 0.5,
-                     "shots": 2, "group_elements": 64, "keep_shots": "final"},
+                     "shots": 2, "keep_shots": "final"},
         "magnitude": {"method": "magnitude", "structure": "unstructured", "target": 0.5},
     }
     for key, value in changes.items():

@@ -202,7 +202,7 @@ def test_workflow_runs_through_slurm(cluster, tmp_path, llama_dir):
     cfg = tiny_config(llama_dir)
     cfg.pop("quantization"), cfg.pop("recovery")
     cfg["experiments"] = {"surgeon": {"method": "llm-surgeon", "structure": "unstructured",
-                                      "target": 0.5, "group_elements": 64}}
+                                      "target": 0.5}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "HF_HUB_OFFLINE": "1",

@@ -19,6 +19,7 @@ wildcard_constraints:
 MODEL = config["model"]["name"]
 CURVATURE_METHODS = {"llm-surgeon", "k-obd", "l-obd", "sparsegpt", "wanda"}
 CALIBRATION_METHODS = {"llm-pruner"}  # methods that read calibration windows in prune
+SEQUENTIAL_METHODS = {"sparsegpt", "wanda"}  # layer by layer unless sequential: false
 
 
 def experiment(name):
@@ -109,14 +110,28 @@ def curvature_of_shot(wildcards):
     return shot_path(wildcards, wildcards.shot, "curvature.h5")
 
 
+def is_sequential(exp):
+    return exp["method"] in SEQUENTIAL_METHODS and exp["sequential"]
+
+
+def sequential_flag(wildcards):
+    return "--sequential" if is_sequential(experiment(wildcards.experiment)) else ""
+
+
 def prune_inputs(wildcards):
     exp = experiment(wildcards.experiment)
     inputs = {"model": previous_model(wildcards)}
-    if exp["method"] in CURVATURE_METHODS:
+    if exp["method"] in CURVATURE_METHODS and not is_sequential(exp):
         inputs["curvature"] = curvature_of_shot(wildcards)
         # its wall time is added to the compression time recorded by prune
         inputs["curvature_manifest"] = inputs["curvature"] + ".manifest.json"
-    if exp["method"] in CALIBRATION_METHODS or exp["lora_steps"] > 0:
+    # structured shots probe which coupled structures their removals kill (one window)
+    if (
+        exp["method"] in CALIBRATION_METHODS
+        or exp["lora_steps"] > 0
+        or is_sequential(exp)
+        or exp["structure"] == "structured"
+    ):
         inputs["calibration"] = (
             f"results/{wildcards.model}/data/calibration.safetensors"
         )
@@ -128,6 +143,13 @@ def optional_inputs(wildcards, input):
     return " ".join(
         f"--{k} {input[k]}" for k in ("curvature", "calibration") if k in input.keys()
     )
+
+
+def ood_windows_file(wildcards):
+    """Out-of-domain windows every evaluation also scores (none when data.ood_source is "")."""
+    if not config["data"]["ood_source"]:
+        return []
+    return f"results/{wildcards.model}/data/ood.safetensors"
 
 
 def evaluated_shots(name):

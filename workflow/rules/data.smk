@@ -47,3 +47,29 @@ rule calibrate:
         " --evaluation-fraction {params.fraction} --max-eval-windows {params.max_eval}"
         " --seed {params.seed} --calibration-out {output.calibration}"
         " --evaluation-out {output.evaluation} 2>&1 | tee {log}"
+
+
+# Windows of a text of another kind (data.ood_source), scored as ppl_ood by every evaluation.
+rule ood_windows:
+    input:
+        model="results/{model}/dense/model",
+    output:
+        "results/{model}/data/ood.safetensors",
+    log:
+        "logs/{model}/ood_windows.log",
+    benchmark:
+        "benchmarks/{model}/ood_windows.tsv"
+    conda:
+        "../../envs/surgeon.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory("data"),
+    params:
+        source=config["data"]["ood_source"],
+        seqlen=config["data"]["seqlen"],
+        windows=config["data"]["ood_windows"],
+        seed=config["data"]["seed"],
+    shell:
+        "surgeon ood-windows --model {input.model} --source {params.source:q}"
+        " --seqlen {params.seqlen} --windows {params.windows} --seed {params.seed}"
+        " --out {output} 2>&1 | tee {log}"

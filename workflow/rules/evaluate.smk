@@ -5,6 +5,7 @@ rule evaluate:
     input:
         model=evaluated_model,
         evaluation="results/{model}/data/evaluation.safetensors",
+        ood=ood_windows_file,
         exports=evaluated_exports,
     output:
         "results/{model}/{experiment}/eval/{stage}.json",
@@ -21,9 +22,10 @@ rule evaluate:
         mem_mb=memory("evaluate"),
     params:
         labels=eval_labels,
+        ood=lambda wildcards, input: f"--ood {input.ood}" if input.ood else "",
         speed=speed_options,
         device=config["device"],
     shell:
         "surgeon --threads {threads} evaluate --model {input.model} --evaluation {input.evaluation}"
-        " --out {output} --model-name {wildcards.model} {params.labels} {params.speed}"
+        " {params.ood} --out {output} --model-name {wildcards.model} {params.labels} {params.speed}"
         " --exports {input.exports} --device {params.device} 2>&1 | tee {log}"

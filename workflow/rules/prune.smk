@@ -22,9 +22,10 @@ rule prune_shot:
         shots=setting("shots"),
         damping_g=setting("damping_g"),
         damping_a=setting("damping_a"),
-        group_elements=setting("group_elements"),
         device=config["device"],
         optional=optional_inputs,
+        sequential=sequential_flag,
+        nm_schedule=setting("nm_schedule"),
         lora_steps=setting("lora_steps"),
         lora_rank=setting("lora_rank"),
         lora_lr=setting("lora_lr"),
@@ -33,9 +34,9 @@ rule prune_shot:
     shell:
         "surgeon --threads {threads} prune --model {input.model} --method {params.method}"
         " --structure {params.structure} --target {params.target}"
-        " --shots {params.shots} --shot {wildcards.shot} {params.optional}"
+        " --shots {params.shots} --shot {wildcards.shot} {params.optional} {params.sequential}"
         " --damping-g {params.damping_g} --damping-a {params.damping_a}"
-        " --group-elements {params.group_elements} --device {params.device}"
+        " --nm-schedule {params.nm_schedule} --device {params.device}"
         " --lora-steps {params.lora_steps} --lora-rank {params.lora_rank}"
         " --lora-lr {params.lora_lr} --lora-windows {params.lora_windows} --seed {params.seed}"
         " --out {output} 2>&1 | tee {log}"

@@ -145,9 +145,10 @@ def cmd_prune(args):
     windows = _windows_io()[1](args.calibration)[0] if args.calibration else None
     masks = prune_shot(model, args.method, fraction, removed,
                        Path(args.curvature) if args.curvature else None,
-                       args.damping_g, args.damping_a, args.group_elements,
+                       args.damping_g, args.damping_a,
                        device=str(resolve_device(args.device)), structure=args.structure,
-                       calibration=windows)
+                       calibration=windows, sequential=args.sequential,
+                       nm_schedule=args.nm_schedule)
     correction = None
     if args.lora_steps > 0:
         correction = _low_rank_correction(model, windows, masks, args)
@@ -156,7 +157,7 @@ def cmd_prune(args):
         if getattr(args, name):
             inputs[name] = getattr(args, name)
     config = {k: getattr(args, k) for k in ("method", "structure", "target", "shots", "shot",
-                                            "damping_g", "damping_a", "group_elements",
+                                            "damping_g", "damping_a", "sequential", "nm_schedule",
                                             "lora_steps", "lora_rank", "lora_lr",
                                             "lora_windows")}
     with atomic_path(args.out, directory=True) as tmp:
@@ -218,6 +219,26 @@ def cmd_windows(args):
     windows = calibration_windows(ids, args.seqlen, args.windows, args.seed, args.setting)
     save(args.out, windows, {**split.description, "seed": args.seed, "seqlen": args.seqlen,
                              "part": "calibration split", "count": len(windows),
+                             "tokens_available": ids.numel(),
+                             "tokenizer_hash": tokenizer_hash(tokenizer)})
+
+
+def cmd_ood_windows(args):
+    """Windows of a text of another kind than the calibration text, for `ppl_ood`."""
+    from .data import calibration_windows, cut_windows, ood_text, tokenize, tokenizer_hash
+    from .models import load_tokenizer
+
+    save, _ = _windows_io()
+    tokenizer = load_tokenizer(args.model)
+    ids = tokenize(tokenizer, ood_text(args.source))
+    available = len(cut_windows(ids, args.seqlen))
+    if available == 0:
+        raise SurgeonError(f"out-of-domain text {args.source} is shorter than one window of "
+                           f"{args.seqlen} tokens")
+    windows = calibration_windows(ids, args.seqlen, min(args.windows, available), args.seed,
+                                  "data.ood_windows")
+    save(args.out, windows, {"source": args.source, "seed": args.seed, "seqlen": args.seqlen,
+                             "part": "out-of-domain", "count": len(windows),
                              "tokens_available": ids.numel(),
                              "tokenizer_hash": tokenizer_hash(tokenizer)})
 
@@ -381,6 +402,12 @@ def cmd_evaluate(args):
     windows, _meta = load(args.evaluation)
     model = load_model(args.model, resolve_device(args.device))
     ppl = perplexity(model, windows, args.batch_size)
+    if args.ood:
+        ood_windows, ood_meta = load(args.ood)
+        extra_ppl = {"ppl_ood": perplexity(model, ood_windows, args.batch_size),
+                     "ood_source": ood_meta.get("source", ""), "ood_windows": len(ood_windows)}
+    else:
+        extra_ppl = {}
     stats = sparsity_stats(model)
     made_by = _made_by(args.model)
     compress_wall = made_by.get("compress_wall_s", 0.0)
@@ -402,12 +429,14 @@ def cmd_evaluate(args):
         "model": args.model_name, "experiment": args.experiment, "method": args.method,
         "structure": args.structure, "target": args.target, "shot": args.shot,
         "stage": args.eval_stage or ("dense" if args.shot == 0 else f"shot-{args.shot}"),
-        "model_dir": str(args.model), "ppl": ppl, "eval_windows": len(windows),
+        "model_dir": str(args.model), "ppl": ppl, **extra_ppl, "eval_windows": len(windows),
         "seqlen": int(windows.shape[1]), **stats, **parameter_counts(model),
         "size_bytes": stored_size(args.model), "compress_wall_s": compress_wall,
         "eval_wall_s": round(time.time() - start, 3),
     })
-    print(f"{args.experiment} shot {args.shot}: ppl {ppl:.3f}, sparsity {stats['sparsity']:.4f}")
+    ood = f", out-of-domain ppl {extra_ppl['ppl_ood']:.3f}" if extra_ppl else ""
+    print(f"{args.experiment} shot {args.shot}: ppl {ppl:.3f}{ood}, "
+          f"sparsity {stats['sparsity']:.4f}")
 
 
 def cmd_compact(args):
@@ -620,7 +649,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--damping-g", type=float, default=0.1)
     s.add_argument("--damping-a", type=float, default=0.01)
-    s.add_argument("--group-elements", type=int, default=256)
+    s.add_argument("--nm-schedule", choices=["blocks", "elements"], default="blocks",
+                   help="2:4 over several shots: whole blocks per shot, or single elements "
+                   "(at most two per block) by one global threshold")
+    s.add_argument("--sequential", action="store_true",
+                   help="sparsegpt/wanda: layer by layer on the outputs of the pruned layers "
+                   "before (needs --calibration), instead of the dense curvature's A")
     s.add_argument("--device", default="auto", help="where the maths runs (auto: CUDA if present)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_prune)
@@ -635,6 +669,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--setting", default="--windows", help="config key named in errors")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_windows)
+
+    s = sub.add_parser("ood-windows", help="token windows of an out-of-domain text (ppl_ood)")
+    s.add_argument("--model", required=True, help="model folder (for its tokenizer)")
+    s.add_argument("--source", required=True,
+                   help="embedded:common-licenses, a .txt/.jsonl file or glob, or a hub data set")
+    s.add_argument("--seqlen", type=int, required=True)
+    s.add_argument("--windows", type=int, required=True, help="at most this many windows")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_ood_windows)
 
     s = sub.add_parser("recover", help="masked LoRA fine-tuning, merged -> model folder")
     s.add_argument("--model", required=True, help="pruned model folder")
@@ -692,6 +736,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="perplexity, sparsity, size -> eval JSON")
     s.add_argument("--model", required=True)
     s.add_argument("--evaluation", required=True)
+    s.add_argument("--ood", default="", help="windows of an out-of-domain text: adds ppl_ood")
     s.add_argument("--out", required=True)
     s.add_argument("--model-name", default="model")
     s.add_argument("--experiment", default="dense")

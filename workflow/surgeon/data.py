@@ -30,12 +30,32 @@ class TextSplit:
     description: dict
 
 
-def embedded_documents(name: str) -> list[str]:
-    if name != "pydoc-topics":
-        raise SurgeonError(f"unknown embedded text '{name}'; known: pydoc-topics")
-    from pydoc_data.topics import topics
+COMMON_LICENSES = Path("/usr/share/common-licenses")
+EMBEDDED_TEXTS = ("pydoc-topics", "common-licenses")
 
-    return [topics[k] for k in sorted(topics)]
+
+def embedded_documents(name: str) -> list[str]:
+    """Texts that ship with the machine: CPython's documentation topics (`pydoc_data`), or the
+    licence texts of Debian's base-files (English legal prose: a text of another kind, used to
+    score perplexity out of the calibration text's domain)."""
+    if name == "pydoc-topics":
+        from pydoc_data.topics import topics
+
+        return [topics[k] for k in sorted(topics)]
+    if name == "common-licenses":
+        files = sorted(p for p in COMMON_LICENSES.glob("*") if p.is_file() and not p.is_symlink())
+        if not files:
+            raise SurgeonError(f"embedded text 'common-licenses' needs {COMMON_LICENSES} "
+                               "(Debian's base-files); point data.ood_source at a local text")
+        return [p.read_text(encoding="utf-8") for p in files]
+    raise SurgeonError(f"unknown embedded text '{name}'; known: {', '.join(EMBEDDED_TEXTS)}")
+
+
+def source_documents(source: str) -> list[str]:
+    """Documents of an embedded text or of local .txt/.jsonl files."""
+    if source.startswith("embedded:"):
+        return embedded_documents(source.split(":", 1)[1])
+    return file_documents(source)
 
 
 def file_documents(pattern: str) -> list[str]:
@@ -114,10 +134,7 @@ def hub_split(name: str) -> TextSplit:
 def load_split(source: str, evaluation_fraction: float) -> TextSplit:
     if source in HUB_DATASETS:
         return hub_split(source)
-    if source.startswith("embedded:"):
-        docs = embedded_documents(source.split(":", 1)[1])
-    else:
-        docs = file_documents(source)
+    docs = source_documents(source)
     cal, ev, cut = split_documents(docs, evaluation_fraction)
     ev, dropped = drop_shared_paragraphs(cal, ev)
     return TextSplit(cal, ev, {"source": source, "split_at_document": cut,
@@ -148,6 +165,17 @@ def calibration_windows(ids: torch.Tensor, seqlen: int, count: int, seed: int,
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(windows), generator=gen)[:count]
     return windows[order]
+
+
+def ood_text(source: str) -> str:
+    """The whole out-of-domain text (a hub data set: its evaluation split); it is never
+    calibrated on, so no part of it is held back."""
+    if source in HUB_DATASETS:
+        return hub_split(source).evaluation
+    docs = [d for d in source_documents(source) if d.strip()]
+    if not docs:
+        raise SurgeonError(f"out-of-domain text {source} is empty")
+    return "\n\n".join(docs)
 
 
 def tokenizer_hash(tokenizer) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import SurgeonError
 
 COLUMNS = ["model", "experiment", "method", "structure", "target", "shot", "stage", "sparsity", "params",
-           "nonzero_params", "size_mb", "stored_as", "ppl", "compress_wall_s", "tokens_per_s",
+           "nonzero_params", "size_mb", "stored_as", "ppl", "ppl_ood", "compress_wall_s", "tokens_per_s",
            "bits_per_weight"]
 
 
@@ -31,6 +31,7 @@ def summary_rows(eval_files: list[str | Path]) -> list[dict]:
             "nonzero_params": e["nonzero_params"],
             **stored_size(e),
             "ppl": round(e["ppl"], 3),
+            "ppl_ood": round(e["ppl_ood"], 3) if "ppl_ood" in e else "",
             "compress_wall_s": e.get("compress_wall_s", 0.0),
             "tokens_per_s": e.get("tokens_per_s", ""),
             "bits_per_weight": e.get("quantization", {}).get("bits_per_weight", ""),

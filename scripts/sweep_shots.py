@@ -1,0 +1,170 @@
+"""Measure multi-shot pruning in one process: shots x damping x windows x structure grids.
+
+Runs the same functions as the workflow's stages (curvature.estimate_kfac, prune.prune_shot,
+lora.lora_correct, evaluate.perplexity), keeping the model in memory between shots and the
+curvature files in a scratch folder, so a grid of dozens of runs fits where a Snakemake run
+per setting would reload and rehash everything. Every finished run is appended to --out as one
+JSON line (settings, perplexity in-domain and out-of-domain, seconds); runs already in --out
+are skipped, so an interrupted sweep continues. Usage:
+
+  python scripts/sweep_shots.py --model results/smollm2-135m/dense/model \
+      --calibration results/smollm2-135m/data/calibration.safetensors \
+      --evaluation results/smollm2-135m/data/evaluation.safetensors \
+      --ood results/smollm2-135m/data/ood.safetensors --plan issue15 --out sweep.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from surgeon import prune as prune_module
+from surgeon.curvature import estimate_kfac
+from surgeon.curvature_store import write_curvature
+from surgeon.evaluate import perplexity, sparsity_stats
+from surgeon.lora import lora_correct
+from surgeon.models import load_model, resolve_device
+from surgeon.prune import decoder_weights, prune_shot, weight_columns
+from surgeon.threshold import linear_schedule
+
+
+def read_windows(path):
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor("windows")
+
+
+def run_key(run: dict) -> str:
+    return json.dumps(run, sort_keys=True)
+
+
+def plan_issue15(windows32: bool) -> list[dict]:
+    """The grid of the multi-shot issue, in the order that answers the most first."""
+    base = {"method": "llm-surgeon", "windows": 16, "lora_steps": 0, "damping_a": 0.01}
+    elem = lambda structure, shots, dg, **kw: {**base, "structure": structure,  # noqa: E731
+                                               "target": 0.5, "shots": shots, "damping_g": dg,
+                                               **kw}
+    runs = [elem(s, t, 1.0) for t in (1, 4) for s in ("unstructured", "2:4")]
+    runs += [{"method": m, "structure": s, "target": 0.5, "shots": 1, "windows": 16,
+              "sequential": seq} for seq in (True, False) for s in ("unstructured", "2:4")
+             for m in ("sparsegpt", "wanda")]
+    runs += [elem("2:4", 4, 1.0, nm_schedule="elements")]
+    runs += [elem(s, t, 1.0) for t in (8, 2) for s in ("unstructured", "2:4")]
+    runs += [elem("2:4", 8, 1.0, nm_schedule="elements")]
+    runs += [{**base, "structure": "structured", "target": 0.2, "shots": t, "damping_g": 0.1}
+             for t in (1, 4, 8, 16)]
+    runs += [{**base, "structure": "structured", "target": 0.2, "shots": 4, "damping_g": 0.1,
+              "undamped_numerators": True}]
+    runs += [elem(s, t, 0.1) for t in (1, 4, 2, 8) for s in ("unstructured", "2:4")]
+    runs += [elem(s, t, 1.0, lora_steps=16) for t in (1, 4) for s in ("unstructured", "2:4")]
+    runs += [elem(s, t, 0.01) for t in (1, 4, 2, 8) for s in ("unstructured", "2:4")]
+    if windows32:
+        runs += [elem(s, t, 1.0, windows=32) for t in (1, 4, 8) for s in ("unstructured", "2:4")]
+    return runs
+
+
+def write_factors(model, windows, path):
+    factors, acc = estimate_kfac(model, windows, progress=False)
+    layer_meta = {n: {"weight_shape": [l.out_features, l.in_features + (l.bias is not None)],
+                      "tokens": acc.tokens[n]} for n, l in acc.layers.items()}
+    write_curvature(path, factors, {"fisher": "empirical"}, layer_meta)
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def run_one(run, args, windows, evaluation, ood, scratch, device):
+    start = time.time()
+    model = load_model(args.model, device)
+    removed = {n: W == 0 for n, W in decoder_weights(model).items()}
+    cal = windows[run["windows"]]
+    prune_module.DAMPED_COST_NUMERATORS = not run.get("undamped_numerators", False)
+    timings = []
+    for shot in range(1, run["shots"] + 1):
+        t0 = time.time()
+        curvature = None
+        if run["method"] == "llm-surgeon" or not run.get("sequential", True):
+            curvature = scratch / "curvature.h5"
+            write_factors(model, cal, curvature)
+        t1 = time.time()
+        masks = prune_shot(model, run["method"], linear_schedule(run["target"], run["shots"], shot),
+                           removed, curvature, run.get("damping_g", 0.1),
+                           run.get("damping_a", 0.01), progress=False, device=str(device),
+                           structure=run["structure"], calibration=cal,
+                           sequential=run.get("sequential", False),
+                           nm_schedule=run.get("nm_schedule", "blocks"))
+        model.to(device)  # some methods hand the model back on the CPU
+        t2 = time.time()
+        if run.get("lora_steps", 0):  # after every shot, as lora_steps does in the workflow
+            lora_correct(model, cal[:8], weight_columns(masks, model), rank=8, alpha=16,
+                         steps=run["lora_steps"], lr=1e-3, seed=0, progress=False)
+        removed = {n: m | (W == 0) for (n, m), W in zip(masks.items(),
+                                                         decoder_weights(model).values())}
+        timings.append({"curvature_s": round(t1 - t0, 2), "prune_s": round(t2 - t1, 2),
+                        "total_s": round(time.time() - t0, 2)})
+    prune_module.DAMPED_COST_NUMERATORS = True
+    ppl = perplexity(model, evaluation, progress=False)
+    ppl_ood = perplexity(model, ood, progress=False)
+    return {**run, "ppl": round(ppl, 4), "ppl_ood": round(ppl_ood, 4),
+            "sparsity": round(sparsity_stats(model)["sparsity"], 5), "shots_timing": timings,
+            "wall_s": round(time.time() - start, 1), "device": str(device)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--calibration", required=True, help="windows file (16 windows)")
+    p.add_argument("--calibration32", default="", help="windows file with 32 windows")
+    p.add_argument("--evaluation", required=True)
+    p.add_argument("--ood", required=True)
+    p.add_argument("--plan", default="issue15", choices=["issue15"])
+    p.add_argument("--only", default="", help="comma-separated run indices of the plan")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    windows = {16: read_windows(args.calibration)}
+    if args.calibration32:
+        windows[32] = read_windows(args.calibration32)
+    evaluation, ood = read_windows(args.evaluation), read_windows(args.ood)
+    out = Path(args.out)
+    done = set()
+    if out.is_file():
+        for line in out.read_text().splitlines():
+            rec = json.loads(line)
+            done.add(rec["key"])
+    runs = plan_issue15(bool(args.calibration32))
+    if args.only:
+        runs = [runs[int(i)] for i in args.only.split(",")]
+    ppl_dense = None
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as d:
+        for run in runs:
+            key = run_key(run)
+            if key in done:
+                continue
+            if ppl_dense is None and "dense" not in done:
+                model = load_model(args.model, device)
+                rec = {"key": "dense", "ppl": perplexity(model, evaluation, progress=False),
+                       "ppl_ood": perplexity(model, ood, progress=False), "device": str(device)}
+                with out.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(json.dumps(rec), flush=True)
+                ppl_dense = rec["ppl"]
+                del model
+            try:
+                rec = {"key": key, **run_one(run, args, windows, evaluation, ood, Path(d),
+                                             device)}
+            except Exception:  # noqa: BLE001 - record and go on with the grid
+                rec = {"key": key, **run, "error": traceback.format_exc(limit=6)}
+            with out.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(json.dumps({k: v for k, v in rec.items() if k != "key"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
