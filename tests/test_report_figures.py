@@ -69,6 +69,23 @@ def test_plots_write_png_files(tmp_path):
         assert is_png(tmp_path / f"{name}.png"), name
 
 
+def test_shot_count_series_takes_each_experiments_final_model(tmp_path):
+    rows = [{"experiment": "dense", "method": "none", "structure": "none", "target": 0,
+             "shot": 0, "shots": 0, "stage": "dense", "ppl": 10.0, "ppl_ood": 20.0}]
+    for shots, ppl in [(1, 14.0), (4, 13.0), (2, 13.5)]:
+        for k in range(1, shots + 1):  # intermediate shots are not final models
+            rows.append({"experiment": f"s{shots}", "method": "llm-surgeon",
+                         "structure": "unstructured", "target": 0.5, "shot": k, "shots": shots,
+                         "stage": f"shot-{k}", "ppl": ppl + (shots - k), "ppl_ood": 2 * ppl})
+    rows.append({**rows[-1], "stage": "recovered", "ppl": 11.0})  # not a pruned shot
+    series = plots.shot_count_series(rows)
+    assert series == {("llm-surgeon", "unstructured", 0.5): [(1, 14.0, 28.0), (2, 13.5, 27.0),
+                                                             (4, 13.0, 26.0)]}
+    plots.plot_shots(series, tmp_path / "shots.png")
+    plots.plot_shots({}, tmp_path / "empty.png")
+    assert is_png(tmp_path / "shots.png") and is_png(tmp_path / "empty.png")
+
+
 def test_plots_accept_empty_inputs(tmp_path):
     plots.plot_perplexity(None, {}, tmp_path / "a.png")
     plots.plot_layer_sparsity({}, tmp_path / "b.png")

@@ -268,7 +268,7 @@ def eval_labels(wildcards):
     return (
         f"--experiment {wildcards.experiment} --method {exp['method']} "
         f"--structure {exp['structure']} --target {exp['target']} --shot {shot} "
-        f"--stage {wildcards.stage}"
+        f"--shots {exp['shots']} --stage {wildcards.stage}"
     )
 
 
@@ -334,6 +334,7 @@ def layer_sparsity_files():
 def report_figures():
     figures = [
         "results/report/perplexity_vs_sparsity.png",
+        "results/report/perplexity_vs_shots.png",
         "results/report/layer_sparsity.png",
     ]
     figures += ["results/report/curvature_spectra.png"] if spectra_files() else []

@@ -80,6 +80,28 @@ rule plot_perplexity:
         "surgeon plot-perplexity --evals {input} --out {output} 2>&1 | tee {log}"
 
 
+rule plot_shots:
+    input:
+        eval_files(),
+    output:
+        report(
+            "results/report/perplexity_vs_shots.png",
+            caption="../report/perplexity_vs_shots.rst",
+            category="Comparison",
+            subcategory="Perplexity",
+        ),
+    log:
+        "logs/report/plot_shots.log",
+    benchmark:
+        "benchmarks/report/plot_shots.tsv"
+    conda:
+        "../../envs/surgeon.yaml"
+    resources:
+        mem_mb=memory("report"),
+    shell:
+        "surgeon plot-shots --evals {input} --out {output} 2>&1 | tee {log}"
+
+
 rule plot_layer_sparsity:
     input:
         layer_sparsity_files(),

@@ -170,7 +170,7 @@ def cmd_prune(args):
 
 
 def _low_rank_correction(model, windows, masks, args) -> dict:
-    """Masked LoRA on the first `lora_windows` calibration windows, merged (ALGORITHMS.md 6)."""
+    """Masked LoRA on the first `lora_windows` calibration windows, merged (docs/algorithms.md §6)."""
     from .lora import lora_correct
     from .models import resolve_device
     from .prune import weight_columns
@@ -428,6 +428,7 @@ def cmd_evaluate(args):
         **extra,
         "model": args.model_name, "experiment": args.experiment, "method": args.method,
         "structure": args.structure, "target": args.target, "shot": args.shot,
+        "shots": args.shots or args.shot,
         "stage": args.eval_stage or ("dense" if args.shot == 0 else f"shot-{args.shot}"),
         "model_dir": str(args.model), "ppl": ppl, **extra_ppl, "eval_windows": len(windows),
         "seqlen": int(windows.shape[1]), **stats, **parameter_counts(model),
@@ -744,6 +745,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--structure", default="none")
     s.add_argument("--target", type=float, default=0.0)
     s.add_argument("--shot", type=int, default=0)
+    s.add_argument("--shots", type=int, default=0, help="the experiment's number of shots")
     s.add_argument("--stage", dest="eval_stage", default="",
                    help="dense, shot-K, recovered or compact (default from --shot)")
     s.add_argument("--speed-prompt-tokens", type=int, default=64)

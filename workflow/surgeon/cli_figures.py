@@ -55,6 +55,12 @@ def cmd_plot_perplexity(args):
     _plot(args.out, plot_perplexity, dense, curves)
 
 
+def cmd_plot_shots(args):
+    from .plots import plot_shots, shot_count_series
+
+    _plot(args.out, plot_shots, shot_count_series([_read_json(p) for p in args.evals]))
+
+
 def cmd_plot_layer_sparsity(args):
     from .layer_sparsity import read_tsv
     from .plots import plot_layer_sparsity
@@ -121,6 +127,11 @@ def add_parsers(sub) -> None:
     s.add_argument("--evals", nargs="+", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_plot_perplexity)
+
+    s = sub.add_parser("plot-shots", help="eval JSONs -> perplexity vs number of shots PNG")
+    s.add_argument("--evals", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_plot_shots)
 
     s = sub.add_parser("plot-layer-sparsity", help="layer_sparsity.tsv files -> bars PNG")
     s.add_argument("--tables", nargs="+", required=True,

@@ -1,4 +1,4 @@
-"""Kronecker-factored empirical Fisher per decoder Linear (ALGORITHMS.md section 1).
+"""Kronecker-factored empirical Fisher per decoder Linear (docs/algorithms.md §1).
 
 For a layer y = W a (a with a 1 appended when there is a bias), over calibration tokens:
     A = mean(a a^T)  (C x C),   G = mean(g g^T)  (R x R),   g = dL/dy,

@@ -1,4 +1,4 @@
-"""Perplexity (ALGORITHMS.md section 9), sparsity of decoder Linears, stored size."""
+"""Perplexity (docs/algorithms.md §9), sparsity of decoder Linears, stored size."""
 
 from __future__ import annotations
 

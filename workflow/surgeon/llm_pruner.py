@@ -1,5 +1,5 @@
 """LLM-Pruner (Ma et al. 2023) structured baseline: coupled groups, first-order Taylor importance,
-the same number of groups removed in every decoder block (ALGORITHMS.md section 7).
+the same number of groups removed in every decoder block (docs/algorithms.md §7).
 
 Coupled groups (structures that can only be removed together, or the model stops being a smaller
 model of the same kind):

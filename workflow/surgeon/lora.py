@@ -1,4 +1,4 @@
-"""Masked LoRA: interleaved low-rank corrections (ALGORITHMS.md section 6) and recovery.
+"""Masked LoRA: interleaved low-rank corrections (docs/algorithms.md §6) and recovery.
 
 Between pruning shots the model is no longer at an optimum of the loss. `lora_correct` trains
 LoRA adapters (built with peft) on every decoder Linear with next-token cross-entropy on some

@@ -1,4 +1,4 @@
-"""Optimal Brain Surgeon under a Kronecker-factored Hessian H = G (x) A (ALGORITHMS.md 1-4).
+"""Optimal Brain Surgeon under a Kronecker-factored Hessian H = G (x) A (docs/algorithms.md §1-4).
 
 Pure functions on tensors. W is R x C (a bias is an extra column), G is R x R, A is C x C.
 """

@@ -112,6 +112,50 @@ def plot_perplexity(dense: dict | None, curves: dict[str, dict], out: str | Path
     _save(fig, out)
 
 
+def shot_count_series(evals: list[dict]) -> dict[tuple, list[tuple]]:
+    """(method, structure, target) -> sorted [(shots, ppl, ppl_ood)] of every experiment's final
+    pruned model (stage shot-<shots>); experiments that differ only in their shot count line up."""
+    series: dict[tuple, list[tuple]] = {}
+    for e in evals:
+        shots = e.get("shots", e["shot"])
+        if e.get("stage") != f"shot-{shots}" or e["shot"] != shots or shots == 0:
+            continue
+        key = (e["method"], e["structure"], e["target"])
+        series.setdefault(key, []).append((shots, e["ppl"], e.get("ppl_ood")))
+    return {k: sorted(v) for k, v in series.items()}
+
+
+def plot_shots(series: dict[tuple, list[tuple]], out: str | Path) -> None:
+    """Perplexity of the final model against the number of shots it was pruned in, one panel
+    per structure, one line per method and target; dashed: the out-of-domain text."""
+    plt = _pyplot()
+    structures = sorted({k[1] for k in series}, key=_structure_order) or [""]
+    fig, axes = plt.subplots(1, len(structures), figsize=(4.6 * len(structures) + 0.4, 4.2),
+                             squeeze=False)
+    for ax, structure in zip(axes[0], structures):
+        keys = sorted(k for k in series if k[1] == structure)
+        for i, key in enumerate(keys):
+            points = series[key]
+            xs = [p[0] for p in points]
+            label = f"{key[0]} {key[2]:g}"
+            ax.plot(xs, [p[1] for p in points], color=f"C{i % 10}", marker="o", label=label)
+            ood = [(x, p[2]) for x, p in zip(xs, points) if p[2] is not None]
+            if ood:
+                ax.plot(*zip(*ood), color=f"C{i % 10}", marker="s", ls="--",
+                        label=f"{label} (out of domain)")
+        _y_scale(ax, [p[j] for pts in series.values() for p in pts for j in (1, 2)
+                      if p[j] is not None])
+        ax.set_xscale("log", base=2)
+        ax.set_title(structure or "no pruned models")
+        ax.set_xlabel("number of shots")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("perplexity of the final model")
+    fig.tight_layout()
+    _save(fig, out)
+
+
 def plot_layer_sparsity(tables: dict[str, list[dict]], out: str | Path) -> None:
     """One panel per experiment: fraction of zeros in each decoder block's attention and MLP
     Linears (bars) and over all decoder Linears (dashed line, and in the title)."""

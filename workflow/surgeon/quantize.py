@@ -1,4 +1,4 @@
-"""Weight quantization: round to nearest (RTN) and GPTQ with H = the K-FAC A factor (ALGORITHMS.md 8).
+"""Weight quantization: round to nearest (RTN) and GPTQ with H = the K-FAC A factor (docs/algorithms.md §8).
 
 Grids, per group of `group_size` consecutive input columns of a row, scales stored as float16:
 

@@ -1,4 +1,4 @@
-"""Which elements a shot removes, given per-layer costs (ALGORITHMS.md section 3).
+"""Which elements a shot removes, given per-layer costs (docs/algorithms.md §3).
 
 Scope says what competes with what: `global` (one pool over all layers: LLM Surgeon, K-OBD,
 L-OBD), `layer` (each layer to the same fraction: magnitude), `row` (each output row to the

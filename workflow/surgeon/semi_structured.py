@@ -19,7 +19,7 @@ def blocks(cost: torch.Tensor, weight_cols: int, m: int = 4) -> torch.Tensor:
 
 
 def block_costs(cost: torch.Tensor, weight_cols: int, n: int = 2, m: int = 4) -> torch.Tensor:
-    """Cost of a block = sum of its n cheapest element costs (ALGORITHMS.md section 2)."""
+    """Cost of a block = sum of its n cheapest element costs (docs/algorithms.md §2)."""
     return blocks(cost, weight_cols, m).topk(n, dim=-1, largest=False).values.sum(-1)
 
 

@@ -1,4 +1,4 @@
-"""Structured (whole row / whole column) pruning under H = G (x) A (ALGORITHMS.md 2-4).
+"""Structured (whole row / whole column) pruning under H = G (x) A (docs/algorithms.md §2-4).
 
 Pure functions on tensors. W is R x C (a bias is an extra column), G is R x R, A is C x C;
 Gi = G~^-1 and Ai = A~^-1 are the inverses of the damped factors. Cost numerators take the

@@ -1,4 +1,4 @@
-"""One global threshold over the cost pools of all layers (ALGORITHMS.md section 3)."""
+"""One global threshold over the cost pools of all layers (docs/algorithms.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Zero-shot accuracy through lm-eval (ALGORITHMS.md section 9) of a model held in memory.
+"""Zero-shot accuracy through lm-eval (docs/algorithms.md §9) of a model held in memory.
 
 Tasks come from the project's own task folders (resources/tasks, the cloze task built from the
 evaluation text) and from lm-eval's registry (boolq, piqa, ... when their data sets can be
