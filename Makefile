@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 CORES ?= 2
 
-.PHONY: install run test clean
+.PHONY: install run test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ run: install
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q tests
+
+# the maths and unit tests only (no workflow runs, training or exports)
+test-fast: install
+	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf results .snakemake

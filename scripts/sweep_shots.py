@@ -22,7 +22,6 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 
 from surgeon import prune as prune_module
@@ -31,7 +30,8 @@ from surgeon.curvature_store import write_curvature
 from surgeon.evaluate import perplexity, sparsity_stats
 from surgeon.lora import lora_correct
 from surgeon.models import load_model, resolve_device
-from surgeon.prune import decoder_weights, prune_shot, weight_columns
+from surgeon.masks import weight_columns
+from surgeon.prune import decoder_weights, prune_shot
 from surgeon.threshold import linear_schedule
 
 

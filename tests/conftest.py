@@ -7,6 +7,21 @@ import torch
 
 VOCAB = 320
 
+# Test modules that run the workflow end to end, and others that train models, start processes
+# or write exports: `make test-fast` (pytest -m "not slow") leaves both out; `make test` runs all.
+E2E_MODULES = {"test_workflow.py", "test_resume.py", "test_hpc_profile.py", "test_slurm.py"}
+SLOW_MODULES = {"test_recover.py", "test_zeroshot.py", "test_distill.py", "test_qat.py",
+                "test_gguf_export.py", "test_ct_export.py", "test_lora.py", "test_cli.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        name = item.path.name
+        if name in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+        if name in E2E_MODULES | SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 def tiny_tokenizer():
     from pydoc_data.topics import topics

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from conftest import random_windows, tiny_model
 from surgeon.curvature import estimate_kfac

@@ -100,6 +100,7 @@ def test_other_architectures_are_refused():
         compact_model(tiny_model("opt"))
 
 
+@pytest.mark.slow  # loads the embedded 135M model
 def test_embedded_model_same_logits():
     """The embedded SmolLM2 with its weakest 20% of MLP channels and some heads zeroed, as
     structured pruning leaves it, compacted. In float64 the logits agree to rounding: the

@@ -50,6 +50,7 @@ def test_local_files_and_jsonl(tmp_path):
     assert "doc 9" in split.evaluation and "doc 9" not in split.calibration
 
 
+@pytest.mark.slow  # tokenizes the embedded text several times
 def test_bad_text_sources(tmp_path):
     with pytest.raises(SurgeonError, match="not found"):
         load_split(str(tmp_path / "missing.txt"), 0.2)

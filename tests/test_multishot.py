@@ -2,9 +2,9 @@
 the shot that kills them."""
 
 import torch
-from test_obs import D, brute_force_removal, setup
+from test_obs import brute_force_removal, setup
 
-from surgeon import obs
+from surgeon import linalg
 from surgeon.curvature_store import write_curvature
 from surgeon.prune import surgeon_elements
 
@@ -23,7 +23,7 @@ def test_second_shot_equals_brute_force_with_every_removed_weight_held_at_zero(t
     G, A = G.float().double(), A.float().double()  # what the float32 file stores
     name = "layer"
     path = one_layer_curvature(tmp_path / "c.h5", name, G, A)
-    H = torch.kron(obs.damped(G, 0.1), obs.damped(A, 0.01))
+    H = torch.kron(linalg.damped(G, 0.1), linalg.damped(A, 0.01))
     removed = {name: torch.zeros(W.shape, dtype=torch.bool)}
     weights = {name: W.float()}
     for fraction in (0.25, 0.5):

@@ -7,7 +7,8 @@ from conftest import random_windows, tiny_model
 from surgeon.curvature import estimate_kfac
 from surgeon.curvature_store import write_curvature
 from surgeon.evaluate import sparsity_stats
-from surgeon.prune import decoder_weights, load_mask, prune_shot
+from surgeon.masks import load_mask
+from surgeon.prune import decoder_weights, prune_shot
 from surgeon.errors import SurgeonError
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from surgeon import benchmarks, plots
 from surgeon.cli import main
-from surgeon.cli_figures import spectra_source
+from surgeon.stages.figures import spectra_source
 from surgeon.curvature_store import write_curvature
 from surgeon.html_table import csv_to_html
 from surgeon.layer_sparsity import fraction_by, layer_zeros, read_tsv

@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_obs import D, brute_force_removal, setup
 
-from surgeon import obs
+from surgeon import linalg
 from surgeon.structured import (
     col_costs,
     obs_structured_update,
@@ -20,7 +20,7 @@ from surgeon.structured import (
 def damped_problem(R=6, C=7, seed=0):
     """W, undamped G and A, damped G~ and A~, and Gi = G~^-1, Ai = A~^-1."""
     W, G, A = setup(R, C, seed)
-    Gd, Ad = obs.damped(G, 0.01), obs.damped(A, 0.01)
+    Gd, Ad = linalg.damped(G, 0.01), linalg.damped(A, 0.01)
     return W, G, A, Gd, Ad, torch.linalg.inv(Gd), torch.linalg.inv(Ad)
 
 
@@ -58,7 +58,7 @@ def test_rows_then_columns_equals_the_joint_brute_force_optimum(damping):
     weights, is the KKT solution of the joint problem; summing both updates from the same W
     (the upstream default) is feasible after zeroing but costs more."""
     W, G, A = setup(7, 9, seed=3)
-    Gd, Ad = obs.damped(G, damping), obs.damped(A, damping)
+    Gd, Ad = linalg.damped(G, damping), linalg.damped(A, damping)
     Gi, Ai = torch.linalg.inv(Gd), torch.linalg.inv(Ad)
     rows, cols = mask(W.shape[0], [1, 4, 5]), mask(W.shape[1], [0, 5, 8])
     remove = rows[:, None] | cols[None, :]

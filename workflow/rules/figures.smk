@@ -237,3 +237,24 @@ rule plot_benchmarks:
         mem_mb=memory("report"),
     shell:
         "surgeon plot-benchmarks --csv {input} --out {output} 2>&1 | tee {log}"
+
+
+rule plot_recovery:
+    input:
+        recovery_losses(),
+    output:
+        report(
+            "results/report/recovery_loss.png",
+            caption="../report/recovery_loss.rst",
+            category="Recovery",
+        ),
+    log:
+        "logs/plot_recovery.log",
+    benchmark:
+        "benchmarks/report/plot_recovery.tsv"
+    conda:
+        "../../envs/surgeon.yaml"
+    resources:
+        mem_mb=memory("report"),
+    shell:
+        "surgeon plot-losses --losses {input} --out {output} 2>&1 | tee {log}"

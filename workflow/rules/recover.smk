@@ -83,24 +83,3 @@ rule teacher_logits:
         "surgeon --threads {threads} teacher-logits --model {input.model}"
         " --windows {input.windows} --top-k {params.top_k} --device {params.device}"
         " --out {output} 2>&1 | tee {log}"
-
-
-rule plot_recovery:
-    input:
-        recovery_losses(),
-    output:
-        report(
-            "results/report/recovery_loss.png",
-            caption="../report/recovery_loss.rst",
-            category="Recovery",
-        ),
-    log:
-        "logs/plot_recovery.log",
-    benchmark:
-        "benchmarks/report/plot_recovery.tsv"
-    conda:
-        "../../envs/surgeon.yaml"
-    resources:
-        mem_mb=memory("report"),
-    shell:
-        "surgeon plot-losses --losses {input} --out {output} 2>&1 | tee {log}"

@@ -170,6 +170,17 @@ def manifest(stage: str, inputs: dict, config: dict, started: float, **extra) ->
     }
 
 
+def made_by(model_dir) -> dict:
+    """The manifest of the stage that wrote `model_dir` ({} when there is none)."""
+    path = Path(model_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def compress_wall(model_dir) -> float:
+    """Seconds spent so far compressing the model in `model_dir` (0 for an imported model)."""
+    return made_by(model_dir).get("compress_wall_s", 0.0)
+
+
 def sidecar(path: str | os.PathLike) -> Path:
     """Manifest path of a single-file artifact."""
     path = Path(path)

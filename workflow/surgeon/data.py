@@ -178,6 +178,33 @@ def ood_text(source: str) -> str:
     return "\n\n".join(docs)
 
 
+def save_windows(path, windows: torch.Tensor, meta: dict) -> None:
+    """Token windows as safetensors (key `windows`), metadata as strings; written atomically."""
+    from safetensors.torch import save_file
+
+    from .artifacts import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({"windows": windows.contiguous()}, str(tmp),
+                  metadata={k: str(v) for k, v in meta.items()})
+
+
+def load_windows(path) -> tuple[torch.Tensor, dict]:
+    """(windows, metadata) of a file written by save_windows."""
+    from safetensors import safe_open
+
+    from .artifacts import rebuild_hint
+
+    if not Path(path).is_file():
+        raise SurgeonError(f"windows file not found: {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor("windows"), f.metadata()
+    except Exception as err:
+        raise SurgeonError(f"cannot read windows file {path} (corrupt?): {err}; "
+                           + rebuild_hint(path)) from None
+
+
 def tokenizer_hash(tokenizer) -> str:
     vocab = sorted(tokenizer.get_vocab().items())
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .curvature_store import open_curvature, read_factors
-from .obs import damped
+from .linalg import damped
 
 
 def factor_summary(M: torch.Tensor, rel_damping: float) -> dict:

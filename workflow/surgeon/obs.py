@@ -7,25 +7,7 @@ from __future__ import annotations
 
 import torch
 
-
-def damped(M: torch.Tensor, rel: float) -> torch.Tensor:
-    """M + rel * mean(diag M) * I, in float64."""
-    M = M.double()
-    scale = M.diagonal().mean().clamp_min(1e-30)
-    return M + rel * scale * torch.eye(len(M), dtype=M.dtype, device=M.device)
-
-
-def spd_inverse(M: torch.Tensor) -> torch.Tensor:
-    """Inverse of a symmetric positive-definite matrix via float64 Cholesky (with jitter retry)."""
-    M = M.double()
-    eye = torch.eye(len(M), dtype=M.dtype, device=M.device)
-    jitter = 0.0
-    for _ in range(6):
-        L, info = torch.linalg.cholesky_ex(M + jitter * eye)
-        if int(info) == 0:
-            return torch.cholesky_inverse(L)
-        jitter = max(jitter * 10, 1e-10 * float(M.diagonal().abs().mean().clamp_min(1e-30)))
-    raise torch.linalg.LinAlgError("matrix is not positive definite even with jitter")
+from .linalg import damped, spd_inverse
 
 
 def dead_structures(W: torch.Tensor, G: torch.Tensor, A: torch.Tensor):

@@ -8,11 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from . import obs
-from .artifacts import MASK_FILE
 from .coupling import dead_after_removal
 from .curvature_store import open_curvature, read_factors
 from .errors import SurgeonError
@@ -52,26 +50,6 @@ PROBE_TOKENS = 64  # tokens of the window that shows which structures a removal 
 SEQUENTIAL_METHODS = ("sparsegpt", "wanda")  # run layer by layer in their papers
 STRUCTURE_COSTS = {"llm-surgeon": "obs", "k-obd": "k-obd", "l-obd": "l-obd",
                    "magnitude": "magnitude"}
-
-
-def load_mask(model_dir: Path, weights: dict[str, torch.Tensor],
-              zeros: bool = True) -> dict[str, torch.Tensor]:
-    """Removed elements so far: the previous shot's mask (if any) plus exact zeros. A quantized
-    model's saved mask is its pruning mask; `zeros=False` leaves out the weights that only
-    rounded to zero, which quantization-aware training may move."""
-    saved = {}
-    path = Path(model_dir) / MASK_FILE
-    if path.is_file():
-        saved = {k: v.bool() for k, v in load_file(path).items()}
-    return {n: ((w == 0) if zeros else torch.zeros_like(w, dtype=torch.bool))
-            | saved.get(n, torch.zeros_like(w, dtype=torch.bool))
-            for n, w in weights.items()}
-
-
-def weight_columns(masks: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
-    """The [W | b] masks of `load_mask` cut to the weight's own columns (bias column dropped)."""
-    layers = decoder_linears(model)
-    return {n: m[:, : layers[n].in_features] for n, m in masks.items()}
 
 
 def decoder_weights(model) -> dict[str, torch.Tensor]:
@@ -442,7 +420,3 @@ def prune_shot(model, method: str, fraction: float, removed, curvature: Path | N
     for n, layer in decoder_linears(model).items():
         set_weight_with_bias(layer, new_weights[n].to(layer.weight.device, layer.weight.dtype))
     return masks
-
-
-def save_mask(path: Path, masks: dict[str, torch.Tensor]) -> None:
-    save_file({n: m.to(torch.uint8).contiguous() for n, m in masks.items()}, str(path))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SurgeonError
-from .sparsegpt import upper_inverse_cholesky
+from .linalg import upper_inverse_cholesky
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .linalg import upper_inverse_cholesky
 from .threshold import REMOVED, smallest_k_mask
-
-
-def upper_inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
-    """U with U^T U = (H + damp * mean(diag H) * I)^-1, in float64."""
-    H = H.double()
-    H = H + damp * H.diagonal().mean() * torch.eye(len(H), dtype=H.dtype, device=H.device)
-    Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
-    return torch.linalg.cholesky(Hinv, upper=True)
 
 
 def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, fraction: float, removed: torch.Tensor,

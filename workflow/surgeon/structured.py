@@ -1,13 +1,15 @@
 """Structured (whole row / whole column) pruning under H = G (x) A (docs/algorithms.md §2-4).
 
 Pure functions on tensors. W is R x C (a bias is an extra column), G is R x R, A is C x C;
-Gi = G~^-1 and Ai = A~^-1 are the inverses of the damped factors. Cost numerators take the
-undamped G and A. Removing row r means W[r, :] = 0 (output r), column c means W[:, c] = 0.
+Gi = G~^-1 and Ai = A~^-1 are the inverses of the damped factors; the OBS cost numerators take
+the damped factors too (the caller passes them). Removing row r means W[r, :] = 0 (output r), column c means W[:, c] = 0.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .linalg import spd_solve
 
 KINDS = ("obs", "k-obd", "l-obd", "magnitude")
 
@@ -129,15 +131,6 @@ def structured_threshold(row_pools: dict[str, torch.Tensor], col_pools: dict[str
     return out
 
 
-def _spd_solve(M: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """M^-1 B for symmetric positive-definite M via float64 Cholesky (LU if it fails)."""
-    M, B = M.double(), B.double()
-    L, info = torch.linalg.cholesky_ex(M)
-    if int(info) == 0:
-        return torch.cholesky_solve(B, L)
-    return torch.linalg.solve(M, B)
-
-
 def obs_structured_update(W: torch.Tensor, Gi: torch.Tensor, Ai: torch.Tensor,
                           rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """W after removing the rows and columns given as boolean masks (length R and C).
@@ -152,10 +145,10 @@ def obs_structured_update(W: torch.Tensor, Gi: torch.Tensor, Ai: torch.Tensor,
     Gi, Ai = Gi.double(), Ai.double()
     rows, cols = rows.to(W.device), cols.to(W.device)
     if rows.any():
-        Wn -= Gi[:, rows] @ _spd_solve(Gi[rows][:, rows], Wn[rows])
+        Wn -= Gi[:, rows] @ spd_solve(Gi[rows][:, rows], Wn[rows])
         Wn[rows] = 0.0
     if cols.any():
-        Wn -= _spd_solve(Ai[cols][:, cols], Wn[:, cols].T).T @ Ai[cols]
+        Wn -= spd_solve(Ai[cols][:, cols], Wn[:, cols].T).T @ Ai[cols]
     Wn[rows] = 0.0
     Wn[:, cols] = 0.0
     return Wn.to(W.dtype)

@@ -1,5 +1,5 @@
 """`surgeon` subcommands behind the HTML report: extract small data from artifacts (spectra,
-per-layer zeros, benchmarks), plot them, and render tables; cli.py adds them with add_parsers."""
+per-layer zeros, benchmarks), plot them, and render tables."""
 
 from __future__ import annotations
 
@@ -7,26 +7,26 @@ import json
 import re
 from pathlib import Path
 
-from .errors import SurgeonError
+from ..errors import SurgeonError
 
 
 def _write_text(path, text: str) -> None:
-    from .artifacts import atomic_path
+    from ..artifacts import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
 def _plot(out, draw, *data) -> None:
-    from .artifacts import atomic_path
+    from ..artifacts import atomic_path
 
     with atomic_path(out) as tmp:
         draw(*data, tmp)
 
 
 def cmd_spectra(args):
-    from .artifacts import write_json
-    from .spectra import curvature_spectra
+    from ..artifacts import write_json
+    from ..spectra import curvature_spectra
 
     spectra = curvature_spectra(args.curvature)
     if not spectra["layers"]:
@@ -35,8 +35,8 @@ def cmd_spectra(args):
 
 
 def cmd_layer_sparsity(args):
-    from .layer_sparsity import layer_zeros, to_tsv
-    from .models import load_model
+    from ..layer_sparsity import layer_zeros, to_tsv
+    from ..models import load_model
 
     _write_text(args.out, to_tsv(layer_zeros(load_model(args.model, "cpu"))))
 
@@ -49,21 +49,21 @@ def _read_json(path) -> dict:
 
 
 def cmd_plot_perplexity(args):
-    from .plots import plot_perplexity, shot_curves
+    from ..plots import plot_perplexity, shot_curves
 
     dense, curves = shot_curves([_read_json(p) for p in args.evals])
     _plot(args.out, plot_perplexity, dense, curves)
 
 
 def cmd_plot_shots(args):
-    from .plots import plot_shots, shot_count_series
+    from ..plots import plot_shots, shot_count_series
 
     _plot(args.out, plot_shots, shot_count_series([_read_json(p) for p in args.evals]))
 
 
 def cmd_plot_layer_sparsity(args):
-    from .layer_sparsity import read_tsv
-    from .plots import plot_layer_sparsity
+    from ..layer_sparsity import read_tsv
+    from ..plots import plot_layer_sparsity
 
     # results/<model>/<experiment>/layer_sparsity.tsv: the experiment names the panel
     tables = {Path(p).parent.name: read_tsv(p) for p in args.tables}
@@ -81,7 +81,7 @@ def spectra_source(path) -> tuple[str, int]:
 
 
 def cmd_plot_spectra(args):
-    from .plots import plot_spectra
+    from ..plots import plot_spectra
 
     sources = []
     for p in args.spectra:
@@ -92,7 +92,7 @@ def cmd_plot_spectra(args):
 
 
 def cmd_gather_benchmarks(args):
-    from .benchmarks import benchmark_files, gather, to_csv
+    from ..benchmarks import benchmark_files, gather, to_csv
 
     paths = benchmark_files(args.dirs, args.files)
     _write_text(args.out, to_csv(gather(paths, args.root)))
@@ -100,14 +100,14 @@ def cmd_gather_benchmarks(args):
 
 
 def cmd_plot_benchmarks(args):
-    from .benchmarks import read_csv
-    from .plots import plot_benchmarks
+    from ..benchmarks import read_csv
+    from ..plots import plot_benchmarks
 
     _plot(args.out, plot_benchmarks, read_csv(args.csv))
 
 
 def cmd_html_table(args):
-    from .html_table import csv_to_html
+    from ..html_table import csv_to_html
 
     _write_text(args.out, csv_to_html(Path(args.csv).read_text(), args.title))
 

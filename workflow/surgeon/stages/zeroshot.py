@@ -1,20 +1,20 @@
 """`surgeon zeroshot` and `surgeon cloze-task`: zero-shot accuracy through lm-eval and the
-last-word task it reads from the evaluation text; cli.py adds them with add_parsers."""
+last-word task it reads from the evaluation text."""
 
 from __future__ import annotations
 
 import json
 import time
 
-from .errors import SurgeonError
+from ..errors import SurgeonError
 
 
 def cmd_cloze_task(args):
     import yaml
 
-    from .artifacts import atomic_path, manifest, write_json
-    from .cloze import TASK_NAME, cloze_items, task_config
-    from .data import load_split
+    from ..artifacts import atomic_path, manifest, write_json
+    from ..cloze import TASK_NAME, cloze_items, task_config
+    from ..data import load_split
 
     start = time.time()
     if not 0 < args.evaluation_fraction < 1:
@@ -38,9 +38,9 @@ def cmd_cloze_task(args):
 
 
 def cmd_zeroshot(args):
-    from .artifacts import manifest, sidecar, write_json
-    from .models import load_model, load_tokenizer, resolve_device
-    from .zeroshot import prepare, score
+    from ..artifacts import manifest, sidecar, write_json
+    from ..models import load_model, load_tokenizer, resolve_device
+    from ..zeroshot import prepare, score
 
     start = time.time()
     names = [n for n in args.tasks.split(",") if n]

@@ -1,0 +1,1 @@
+"""One module per workflow stage: its `surgeon` subcommands (parser and run function)."""

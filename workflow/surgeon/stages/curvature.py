@@ -1,0 +1,75 @@
+"""Stages `curvature` and `inspect`: K-FAC factors of every decoder Linear, and their audit (rules/curvature.smk)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..data import load_windows
+
+def cmd_curvature(args):
+    import torch
+
+    from ..artifacts import atomic_path, manifest, tree_hash, write_json, sidecar
+    from ..curvature import estimate_kfac
+    from ..curvature_store import write_curvature
+    from ..models import load_model, resolve_device
+
+    start = time.time()
+    windows, wmeta = load_windows(args.calibration)
+    device = resolve_device(args.device)
+    model = load_model(args.model, device)
+    model_hash, data_hash = tree_hash(args.model), tree_hash(args.calibration)
+    fingerprint = f"{model_hash}:{data_hash}:{args.fisher}:{args.batch_size}:{args.seed}"
+    ckpt = Path(args.checkpoint) if args.checkpoint else None
+    factors, acc = estimate_kfac(model, windows, args.fisher, args.batch_size, ckpt,
+                                 args.checkpoint_every, fingerprint, args.seed)
+    layer_meta = {
+        name: {
+            "weight_shape": [layer.out_features, layer.in_features + (layer.bias is not None)],
+            "has_bias": layer.bias is not None,
+            "tokens": acc.tokens[name],
+            "fisher": args.fisher,
+            "dtype": "float32",
+            "damping": 0.0,
+        }
+        for name, layer in acc.layers.items()
+    }
+    meta = {"model_sha256": model_hash, "data_sha256": data_hash, "fisher": args.fisher,
+            "windows": len(windows), "seqlen": int(windows.shape[1]),
+            "created_by": "surgeon curvature", "torch": torch.__version__,
+            "note": "A and G are undamped means; damping is applied where they are used"}
+    info = manifest("curvature", {"model": args.model, "calibration": args.calibration},
+                    {"fisher": args.fisher, "batch_size": args.batch_size, "seed": args.seed},
+                    start)
+    with atomic_path(args.out) as tmp:
+        write_curvature(tmp, factors, meta, layer_meta)
+        write_json(sidecar(args.out), {**info, "wall_time_s": round(time.time() - start, 3)})
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()
+
+
+def cmd_inspect(args):
+    from ..inspect_curvature import curvature_table, format_table
+
+    print(format_table(curvature_table(args.curvature, args.damping_g, args.damping_a)))
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("curvature", help="K-FAC factors of every decoder Linear -> curvature.h5")
+    s.add_argument("--model", required=True)
+    s.add_argument("--calibration", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--fisher", choices=["empirical", "sampled"], default="empirical")
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--checkpoint", default="")
+    s.add_argument("--checkpoint-every", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_curvature)
+
+    s = sub.add_parser("inspect", help="per-layer audit table of a curvature.h5")
+    s.add_argument("curvature")
+    s.add_argument("--damping-g", type=float, default=0.1)
+    s.add_argument("--damping-a", type=float, default=0.01)
+    s.set_defaults(func=cmd_inspect)

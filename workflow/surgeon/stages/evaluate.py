@@ -1,0 +1,83 @@
+"""Stage `evaluate`: perplexity in and out of domain, sparsity, size and speed (rules/evaluate.smk)."""
+
+from __future__ import annotations
+
+import time
+
+from ..artifacts import made_by
+from ..data import load_windows
+
+def cmd_evaluate(args):
+    import torch
+
+    from ..artifacts import write_json
+    from ..evaluate import (export_sizes, parameter_counts, perplexity, sparsity_stats,
+                           stored_size)
+    from ..models import load_model, resolve_device
+
+    start = time.time()
+    windows, _meta = load_windows(args.evaluation)
+    model = load_model(args.model, resolve_device(args.device))
+    ppl = perplexity(model, windows, args.batch_size)
+    if args.ood:
+        ood_windows, ood_meta = load_windows(args.ood)
+        extra_ppl = {"ppl_ood": perplexity(model, ood_windows, args.batch_size),
+                     "ood_source": ood_meta.get("source", ""), "ood_windows": len(ood_windows)}
+    else:
+        extra_ppl = {}
+    stats = sparsity_stats(model)
+    maker = made_by(args.model)
+    compress_wall = maker.get("compress_wall_s", 0.0)
+    extra = {k: maker[k] for k in ("compaction", "quantization") if k in maker}
+    if args.exports:
+        extra["export_bytes"] = export_sizes(args.exports)
+    speed = {}
+    if args.speed_new_tokens:
+        from ..evaluate import tokens_per_second
+
+        prompt = windows[0, : args.speed_prompt_tokens]
+        speed = {"tokens_per_s": round(tokens_per_second(model, prompt, args.speed_new_tokens), 2),
+                 "speed_prompt_tokens": len(prompt), "speed_new_tokens": args.speed_new_tokens,
+                 "speed_device": str(next(model.parameters()).device),
+                 "speed_threads": torch.get_num_threads()}
+    write_json(args.out, {
+        **speed,
+        **extra,
+        "model": args.model_name, "experiment": args.experiment, "method": args.method,
+        "structure": args.structure, "target": args.target, "shot": args.shot,
+        "shots": args.shots or args.shot,
+        "stage": args.eval_stage or ("dense" if args.shot == 0 else f"shot-{args.shot}"),
+        "model_dir": str(args.model), "ppl": ppl, **extra_ppl, "eval_windows": len(windows),
+        "seqlen": int(windows.shape[1]), **stats, **parameter_counts(model),
+        "size_bytes": stored_size(args.model), "compress_wall_s": compress_wall,
+        "eval_wall_s": round(time.time() - start, 3),
+    })
+    ood = f", out-of-domain ppl {extra_ppl['ppl_ood']:.3f}" if extra_ppl else ""
+    print(f"{args.experiment} shot {args.shot}: ppl {ppl:.3f}{ood}, "
+          f"sparsity {stats['sparsity']:.4f}")
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("evaluate", help="perplexity, sparsity, size -> eval JSON")
+    s.add_argument("--model", required=True)
+    s.add_argument("--evaluation", required=True)
+    s.add_argument("--ood", default="", help="windows of an out-of-domain text: adds ppl_ood")
+    s.add_argument("--out", required=True)
+    s.add_argument("--model-name", default="model")
+    s.add_argument("--experiment", default="dense")
+    s.add_argument("--method", default="none")
+    s.add_argument("--structure", default="none")
+    s.add_argument("--target", type=float, default=0.0)
+    s.add_argument("--shot", type=int, default=0)
+    s.add_argument("--shots", type=int, default=0, help="the experiment's number of shots")
+    s.add_argument("--stage", dest="eval_stage", default="",
+                   help="dense, shot-K, recovered or compact (default from --shot)")
+    s.add_argument("--speed-prompt-tokens", type=int, default=64)
+    s.add_argument("--speed-new-tokens", type=int, default=0,
+                   help="also measure greedy tokens/s generating this many tokens (0 = skip)")
+    s.add_argument("--exports", nargs="*", default=[],
+                   help="exported files/folders of a quantized model (.gguf, compressed-tensors)"
+                   " whose sizes are recorded")
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_evaluate)

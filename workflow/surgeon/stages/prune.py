@@ -1,0 +1,104 @@
+"""Stage `prune`: one pruning shot, optionally followed by the low-rank correction (rules/prune.smk)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..model_folder import write_model_folder
+from ..data import load_windows
+from ..errors import SurgeonError
+
+def cmd_prune(args):
+    from ..masks import load_mask
+    from ..models import load_model, resolve_device
+    from ..prune import decoder_weights, prune_shot
+    from ..threshold import linear_schedule
+
+    start = time.time()
+    if not 0 <= args.target < 1:
+        raise SurgeonError(f"target {args.target} is outside [0, 1)")
+    if not 1 <= args.shot <= args.shots:
+        raise SurgeonError(f"shot {args.shot} is outside 1..{args.shots}")
+    fraction = linear_schedule(args.target, args.shots, args.shot)
+    model = load_model(args.model, "cpu")
+    removed = load_mask(args.model, decoder_weights(model))
+    windows = load_windows(args.calibration)[0] if args.calibration else None
+    masks = prune_shot(model, args.method, fraction, removed,
+                       Path(args.curvature) if args.curvature else None,
+                       args.damping_g, args.damping_a,
+                       device=str(resolve_device(args.device)), structure=args.structure,
+                       calibration=windows, sequential=args.sequential,
+                       nm_schedule=args.nm_schedule)
+    correction = None
+    if args.lora_steps > 0:
+        correction = _low_rank_correction(model, windows, masks, args)
+    inputs = {"model": args.model}
+    for name in ("curvature", "calibration"):
+        if getattr(args, name):
+            inputs[name] = getattr(args, name)
+    config = {k: getattr(args, k) for k in ("method", "structure", "target", "shots", "shot",
+                                            "damping_g", "damping_a", "sequential", "nm_schedule",
+                                            "lora_steps", "lora_rank", "lora_lr",
+                                            "lora_windows")}
+    write_model_folder(args.out, model, args.model, masks, "prune", inputs, config, start,
+                       earlier_wall=_curvature_wall(args), cumulative_fraction=fraction,
+                       low_rank_correction=correction)
+
+
+def _low_rank_correction(model, windows, masks, args) -> dict:
+    """Masked LoRA on the first `lora_windows` calibration windows, merged (docs/algorithms.md §6)."""
+    from ..lora import lora_correct
+    from ..models import resolve_device
+    from ..masks import weight_columns
+
+    if windows is None:
+        raise SurgeonError("the low-rank correction needs --calibration windows")
+    weight_masks = weight_columns(masks, model)
+    model.to(resolve_device(args.device))
+    try:
+        return lora_correct(model, windows[: args.lora_windows], weight_masks,
+                            rank=args.lora_rank, alpha=2 * args.lora_rank,
+                            steps=args.lora_steps, lr=args.lora_lr, seed=args.seed)
+    finally:
+        model.to("cpu")
+
+
+def _curvature_wall(args) -> float:
+    """Seconds the curvature this shot read took to estimate (added to the compression time)."""
+    from ..artifacts import sidecar
+
+    if args.curvature and sidecar(args.curvature).is_file():
+        return json.loads(sidecar(args.curvature).read_text()).get("wall_time_s", 0.0)
+    return 0.0
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("prune", help="one pruning shot -> model folder with mask")
+    s.add_argument("--model", required=True, help="model of the previous shot")
+    s.add_argument("--method", required=True)
+    s.add_argument("--structure", default="unstructured")
+    s.add_argument("--target", type=float, required=True)
+    s.add_argument("--shots", type=int, default=1)
+    s.add_argument("--shot", type=int, default=1)
+    s.add_argument("--curvature", default="")
+    s.add_argument("--calibration", default="",
+                   help="token windows (llm-pruner gradients, low-rank correction)")
+    s.add_argument("--lora-steps", type=int, default=0,
+                   help="masked LoRA steps after the shot, merged (0 = no correction)")
+    s.add_argument("--lora-rank", type=int, default=8)
+    s.add_argument("--lora-lr", type=float, default=1e-4)
+    s.add_argument("--lora-windows", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--damping-g", type=float, default=0.1)
+    s.add_argument("--damping-a", type=float, default=0.01)
+    s.add_argument("--nm-schedule", choices=["blocks", "elements"], default="blocks",
+                   help="2:4 over several shots: whole blocks per shot, or single elements "
+                   "(at most two per block) by one global threshold")
+    s.add_argument("--sequential", action="store_true",
+                   help="sparsegpt/wanda: layer by layer on the outputs of the pruned layers "
+                   "before (needs --calibration), instead of the dense curvature's A")
+    s.add_argument("--device", default="auto", help="where the maths runs (auto: CUDA if present)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_prune)
