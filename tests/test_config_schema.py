@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 import yaml
 
-from surgeon.prune import METHODS
+from surgeon.methods import METHODS
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1]
                          / "workflow/schemas/config.schema.yaml").read_text())
@@ -49,3 +49,17 @@ def test_recovery_targets_are_names_or_all():
     assert validator.is_valid({**cfg, "recovery": {"targets": "all"}})
     assert not validator.is_valid({**cfg, "recovery": {"targets": "q_proj"}})
     assert not validator.is_valid({**cfg, "recovery": {"steps": 0}})
+
+
+def test_recovery_defaults_are_the_lora_settings_defaults():
+    """One default per setting: the schema's recovery block and LoraSettings (which the
+    recover/qat options take theirs from) agree; targets "all" is None in LoraSettings."""
+    from dataclasses import fields
+
+    from surgeon.lora import LoraSettings
+
+    schema = SCHEMA["properties"]["recovery"]["properties"]
+    defaults = LoraSettings()
+    for f in fields(LoraSettings):
+        if f.name in schema and "default" in schema[f.name] and f.name != "targets":
+            assert schema[f.name]["default"] == getattr(defaults, f.name), f.name

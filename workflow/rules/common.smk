@@ -4,6 +4,8 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
+from surgeon.methods import METHODS, damping_g_default
+
 min_version("9.0")
 
 
@@ -17,16 +19,16 @@ wildcard_constraints:
 
 
 MODEL = config["model"]["name"]
-CURVATURE_METHODS = {"llm-surgeon", "k-obd", "l-obd", "sparsegpt", "wanda"}
-CALIBRATION_METHODS = {"llm-pruner"}  # methods that read calibration windows in prune
-SEQUENTIAL_METHODS = {"sparsegpt", "wanda"}  # layer by layer unless sequential: false
+# which inputs a shot reads, from the package's one registry of methods
+CURVATURE_METHODS = {n for n, m in METHODS.items() if m.curvature}
+CALIBRATION_METHODS = {n for n, m in METHODS.items() if m.calibration}
+SEQUENTIAL_METHODS = {n for n, m in METHODS.items() if m.sequential}
 
 
 def experiment(name):
-    """An experiment's settings; damping of G defaults to 0.01 structured, 0.1 otherwise."""
+    """An experiment's settings; damping of G defaults by structure (surgeon.methods)."""
     exp = config["experiments"][name]
-    damping_g = 0.01 if exp["structure"] == "structured" else 0.1
-    return {"damping_g": damping_g, **exp}
+    return {"damping_g": damping_g_default(exp["structure"]), **exp}
 
 
 def check_keep_shots():

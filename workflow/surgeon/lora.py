@@ -139,12 +139,14 @@ def _window_batches(n: int, micro: int, first_step: int, steps: int, per_step: i
 
 @dataclass
 class LoraSettings:
-    """Adapter and optimisation settings; `targets` are module-name suffixes (None = all)."""
+    """Adapter and optimisation settings; `targets` are module-name suffixes (None = all).
+    The defaults are the config schema's `recovery` defaults (a test holds them equal) and the
+    `surgeon recover` / `surgeon qat` options take theirs from here."""
 
     rank: int = 8
     alpha: float = 16
-    steps: int = 20
-    lr: float = 1e-4
+    steps: int = 100
+    lr: float = 5e-4
     batch_size: int = 1
     grad_accum: int = 1
     seed: int = 0

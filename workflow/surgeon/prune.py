@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,10 +13,11 @@ from . import obs
 from .coupling import dead_after_removal
 from .curvature_store import open_curvature, read_factors
 from .errors import SurgeonError
+from .methods import METHODS, check_method, damping_g_default
 from .layerwise import prune_sequentially
 from .llm_pruner import coupled_groups, group_scores, llm_pruner_masks, taylor_importance
 from .models import decoder_linears, set_weight_with_bias, weight_with_bias
-from .selection import NM_DENSITY, select_elements
+from .selection import select_elements
 from .sparsegpt import sparsegpt_prune
 from .structured import (obs_structured_update, removed_count, structure_costs,
                          structured_threshold)
@@ -25,29 +25,12 @@ from .threshold import REMOVED
 from .wanda import wanda_scores
 
 
-@dataclass(frozen=True)
-class Method:
-    curvature: bool  # reads the shot's curvature file
-    scope: str  # which costs compete: global, layer or row (see selection.py)
-    structures: tuple[str, ...]
-
-
-ALL = ("unstructured", "2:4", "structured")
-METHODS = {
-    "llm-surgeon": Method(True, "global", ALL),
-    "k-obd": Method(True, "global", ALL),
-    "l-obd": Method(True, "global", ALL),
-    "sparsegpt": Method(True, "layer", ("unstructured", "2:4")),
-    "wanda": Method(True, "row", ("unstructured", "2:4")),
-    "magnitude": Method(False, "layer", ALL),
-    "llm-pruner": Method(False, "layer", ("structured",)),
-}
 # Structured OBS costs 0.5 w^T A~ w / Gi_rr with the DAMPED factor: the exact loss increase of
 # the quadratic model that the updates minimise (undamped numerators mix two models; both were
 # measured, docs/comparison.md)
 DAMPED_COST_NUMERATORS = True
 PROBE_TOKENS = 64  # tokens of the window that shows which structures a removal kills
-SEQUENTIAL_METHODS = ("sparsegpt", "wanda")  # run layer by layer in their papers
+SEQUENTIAL_METHODS = tuple(n for n, m in METHODS.items() if m.sequential)
 STRUCTURE_COSTS = {"llm-surgeon": "obs", "k-obd": "k-obd", "l-obd": "l-obd",
                    "magnitude": "magnitude"}
 
@@ -358,20 +341,8 @@ def check_shapes(name, W, A, G):
         )
 
 
-def check_method(method: str, structure: str, fraction: float) -> Method:
-    if method not in METHODS:
-        raise SurgeonError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
-    m = METHODS[method]
-    if structure not in m.structures:
-        raise SurgeonError(f"method {method} does not support structure '{structure}'; "
-                           f"it supports: {', '.join(m.structures)}")
-    if structure == "2:4" and fraction > NM_DENSITY:
-        raise SurgeonError(f"2:4 removes at most {NM_DENSITY} of the weights, not {fraction}")
-    return m
-
-
 def prune_shot(model, method: str, fraction: float, removed, curvature: Path | None = None,
-               damp_g: float = 0.1, damp_a: float = 0.01,
+               damp_g: float | None = None, damp_a: float = 0.01,
                progress: bool = True, device: str = "cpu",
                structure: str = "unstructured",
                calibration: torch.Tensor | None = None,
@@ -383,6 +354,8 @@ def prune_shot(model, method: str, fraction: float, removed, curvature: Path | N
     the layers before it are pruned instead of from the dense curvature file.
     """
     m = check_method(method, structure, fraction)
+    if damp_g is None:
+        damp_g = damping_g_default(structure)
     if sequential and method not in SEQUENTIAL_METHODS:
         raise SurgeonError(f"sequential mode is for {', '.join(SEQUENTIAL_METHODS)}, "
                            f"not {method}")

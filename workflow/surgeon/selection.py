@@ -15,7 +15,7 @@ from .semi_structured import block_costs, blocks, nm_mask
 from .threshold import global_threshold, smallest_k_mask
 from .wanda import per_row_mask
 
-NM_DENSITY = 0.5  # 2:4 removes half of every chosen block
+from .methods import NM_DENSITY
 
 
 NM_SCHEDULES = ("blocks", "elements")

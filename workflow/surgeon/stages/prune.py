@@ -12,6 +12,7 @@ from ..errors import SurgeonError
 
 def cmd_prune(args):
     from ..masks import load_mask
+    from ..methods import damping_g_default
     from ..models import load_model, resolve_device
     from ..prune import decoder_weights, prune_shot
     from ..threshold import linear_schedule
@@ -22,6 +23,8 @@ def cmd_prune(args):
     if not 1 <= args.shot <= args.shots:
         raise SurgeonError(f"shot {args.shot} is outside 1..{args.shots}")
     fraction = linear_schedule(args.target, args.shots, args.shot)
+    if args.damping_g is None:
+        args.damping_g = damping_g_default(args.structure)
     model = load_model(args.model, "cpu")
     removed = load_mask(args.model, decoder_weights(model))
     windows = load_windows(args.calibration)[0] if args.calibration else None
@@ -91,7 +94,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--lora-lr", type=float, default=1e-4)
     s.add_argument("--lora-windows", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--damping-g", type=float, default=0.1)
+    s.add_argument("--damping-g", type=float, default=None,
+                   help="relative damping of G (default: 0.01 structured, else 0.1)")
     s.add_argument("--damping-a", type=float, default=0.01)
     s.add_argument("--nm-schedule", choices=["blocks", "elements"], default="blocks",
                    help="2:4 over several shots: whole blocks per shot, or single elements "

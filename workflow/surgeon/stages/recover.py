@@ -141,17 +141,20 @@ def cmd_teacher_logits(args):
 
 
 def _lora_arguments(s):
-    """Options of the LoRA training shared by recover and qat."""
+    """Options of the LoRA training shared by recover and qat (defaults: LoraSettings)."""
+    from ..lora import LoraSettings
+
+    d = LoraSettings()
     s.add_argument("--windows", required=True, help="token windows to train on")
-    s.add_argument("--rank", type=int, default=8)
-    s.add_argument("--alpha", type=float, default=16)
+    s.add_argument("--rank", type=int, default=d.rank)
+    s.add_argument("--alpha", type=float, default=d.alpha)
     s.add_argument("--targets", default="all",
                    help="comma-separated module names (q_proj,...) or all decoder Linears")
-    s.add_argument("--steps", type=int, default=100)
-    s.add_argument("--lr", type=float, default=1e-4)
-    s.add_argument("--batch-size", type=int, default=1)
-    s.add_argument("--grad-accum", type=int, default=1)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=int, default=d.steps)
+    s.add_argument("--lr", type=float, default=d.lr)
+    s.add_argument("--batch-size", type=int, default=d.batch_size)
+    s.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    s.add_argument("--seed", type=int, default=d.seed)
     s.add_argument("--objective", choices=["lm", "kd", "mix"], default="lm",
                    help="next-token loss, distillation from --teacher, or a weighted mix")
     s.add_argument("--teacher", default="", help="top-k teacher logits of --windows")

@@ -1,0 +1,52 @@
+"""The one registry of pruning methods and the structures each supports.
+
+The prune stage dispatches on it, the workflow's rules derive from it which inputs a shot reads
+(workflow/rules/common.smk), and a test holds the config schema's method x structure rules to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import SurgeonError
+
+STRUCTURES = ("unstructured", "2:4", "structured")
+NM_DENSITY = 0.5  # 2:4 removes half of every chosen block
+
+
+@dataclass(frozen=True)
+class Method:
+    curvature: bool  # reads the shot's curvature file (unless it runs sequentially)
+    scope: str  # which costs compete: global, layer or row (see selection.py)
+    structures: tuple[str, ...]
+    calibration: bool = False  # reads calibration windows for its own gradients
+    sequential: bool = False  # runs layer by layer by default (sequential: true)
+
+
+METHODS = {
+    "llm-surgeon": Method(True, "global", STRUCTURES),
+    "k-obd": Method(True, "global", STRUCTURES),
+    "l-obd": Method(True, "global", STRUCTURES),
+    "sparsegpt": Method(True, "layer", ("unstructured", "2:4"), sequential=True),
+    "wanda": Method(True, "row", ("unstructured", "2:4"), sequential=True),
+    "magnitude": Method(False, "layer", STRUCTURES),
+    "llm-pruner": Method(False, "layer", ("structured",), calibration=True),
+}
+
+
+def damping_g_default(structure: str) -> float:
+    """Relative damping of G when an experiment sets none (docs/algorithms.md §1)."""
+    return 0.01 if structure == "structured" else 0.1
+
+
+def check_method(method: str, structure: str, fraction: float) -> Method:
+    """The method's entry, or a one-line error naming what is not supported."""
+    if method not in METHODS:
+        raise SurgeonError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
+    m = METHODS[method]
+    if structure not in m.structures:
+        raise SurgeonError(f"method {method} does not support structure '{structure}'; "
+                           f"it supports: {', '.join(m.structures)}")
+    if structure == "2:4" and fraction > NM_DENSITY:
+        raise SurgeonError(f"2:4 removes at most {NM_DENSITY} of the weights, not {fraction}")
+    return m
