@@ -25,7 +25,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from surgeon import prune as prune_module
-from surgeon.curvature import estimate_kfac
+from surgeon.curvature import estimate_kfac, layer_metadata
 from surgeon.curvature_store import write_curvature
 from surgeon.evaluate import perplexity, sparsity_stats
 from surgeon.lora import lora_correct
@@ -71,9 +71,7 @@ def plan_issue15(windows32: bool) -> list[dict]:
 
 def write_factors(model, windows, path):
     factors, acc = estimate_kfac(model, windows, progress=False)
-    layer_meta = {n: {"weight_shape": [l.out_features, l.in_features + (l.bias is not None)],
-                      "tokens": acc.tokens[n]} for n, l in acc.layers.items()}
-    write_curvature(path, factors, {"fisher": "empirical"}, layer_meta)
+    write_curvature(path, factors, {"fisher": "empirical"}, layer_metadata(acc))
     for p in model.parameters():
         p.requires_grad_(False)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import random_windows, tiny_model
-from surgeon.curvature import estimate_kfac
+from surgeon.curvature import estimate_kfac, layer_metadata
 from surgeon.curvature_store import write_curvature
 from surgeon.evaluate import sparsity_stats
 from surgeon.masks import load_mask
@@ -14,9 +14,7 @@ from surgeon.errors import SurgeonError
 
 def curvature_file(model, path, windows):
     factors, acc = estimate_kfac(model, windows, progress=False)
-    meta = {n: {"weight_shape": [l.out_features, l.in_features + (l.bias is not None)],
-                "tokens": acc.tokens[n]} for n, l in acc.layers.items()}
-    write_curvature(path, factors, {"fisher": "empirical"}, meta)
+    write_curvature(path, factors, {"fisher": "empirical"}, layer_metadata(acc))
     for p in model.parameters():
         p.requires_grad_(False)
     return path

@@ -165,3 +165,11 @@ def estimate_kfac(
     if progress:
         print(f"curvature: {processed} of {n} windows processed in this run", flush=True)
     return acc.factors(), acc
+
+
+def layer_metadata(acc: KFACAccumulator, **extra) -> dict[str, dict]:
+    """Per-layer attributes of curvature.h5: [W | b] shape, bias, tokens, and `extra`."""
+    return {name: {"weight_shape": [layer.out_features,
+                                    layer.in_features + (layer.bias is not None)],
+                   "has_bias": layer.bias is not None, "tokens": acc.tokens[name], **extra}
+            for name, layer in acc.layers.items()}

@@ -11,7 +11,7 @@ def cmd_curvature(args):
     import torch
 
     from ..artifacts import atomic_path, manifest, tree_hash, write_json, sidecar
-    from ..curvature import estimate_kfac
+    from ..curvature import estimate_kfac, layer_metadata
     from ..curvature_store import write_curvature
     from ..models import load_model, resolve_device
 
@@ -24,17 +24,7 @@ def cmd_curvature(args):
     ckpt = Path(args.checkpoint) if args.checkpoint else None
     factors, acc = estimate_kfac(model, windows, args.fisher, args.batch_size, ckpt,
                                  args.checkpoint_every, fingerprint, args.seed)
-    layer_meta = {
-        name: {
-            "weight_shape": [layer.out_features, layer.in_features + (layer.bias is not None)],
-            "has_bias": layer.bias is not None,
-            "tokens": acc.tokens[name],
-            "fisher": args.fisher,
-            "dtype": "float32",
-            "damping": 0.0,
-        }
-        for name, layer in acc.layers.items()
-    }
+    layer_meta = layer_metadata(acc, fisher=args.fisher, dtype="float32", damping=0.0)
     meta = {"model_sha256": model_hash, "data_sha256": data_hash, "fisher": args.fisher,
             "windows": len(windows), "seqlen": int(windows.shape[1]),
             "created_by": "surgeon curvature", "torch": torch.__version__,

@@ -83,6 +83,16 @@ def cmd_ood_windows(args):
                              "tokenizer_hash": tokenizer_hash(tokenizer)})
 
 
+def _text_window_arguments(s) -> None:
+    """Options shared by the stages that cut token windows from a text source."""
+    s.add_argument("--model", required=True, help="model folder (for its tokenizer)")
+    s.add_argument("--source", required=True)
+    s.add_argument("--seqlen", type=int, required=True)
+    s.add_argument("--windows", type=int, required=True)
+    s.add_argument("--evaluation-fraction", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+
+
 def add_parsers(sub) -> None:
     s = sub.add_parser("import-model", help="hub id / folder / .gguf / embedded:NAME -> HF folder")
     s.add_argument("--source", required=True)
@@ -90,24 +100,14 @@ def add_parsers(sub) -> None:
     s.set_defaults(func=cmd_import_model)
 
     s = sub.add_parser("calibrate", help="text -> calibration and evaluation token windows")
-    s.add_argument("--model", required=True, help="model folder (for its tokenizer)")
-    s.add_argument("--source", required=True)
-    s.add_argument("--seqlen", type=int, required=True)
-    s.add_argument("--windows", type=int, required=True)
-    s.add_argument("--evaluation-fraction", type=float, default=0.2)
+    _text_window_arguments(s)
     s.add_argument("--max-eval-windows", type=int, default=0)
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--calibration-out", required=True)
     s.add_argument("--evaluation-out", required=True)
     s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("windows", help="token windows from the calibration split of a text")
-    s.add_argument("--model", required=True, help="model folder (for its tokenizer)")
-    s.add_argument("--source", required=True)
-    s.add_argument("--seqlen", type=int, required=True)
-    s.add_argument("--windows", type=int, required=True)
-    s.add_argument("--evaluation-fraction", type=float, default=0.2)
-    s.add_argument("--seed", type=int, default=0)
+    _text_window_arguments(s)
     s.add_argument("--setting", default="--windows", help="config key named in errors")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_windows)

@@ -123,15 +123,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_layer_sparsity)
 
-    s = sub.add_parser("plot-perplexity", help="eval JSONs -> perplexity vs sparsity PNG")
-    s.add_argument("--evals", nargs="+", required=True)
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_plot_perplexity)
-
-    s = sub.add_parser("plot-shots", help="eval JSONs -> perplexity vs number of shots PNG")
-    s.add_argument("--evals", nargs="+", required=True)
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_plot_shots)
+    for name, against, func in (("plot-perplexity", "sparsity", cmd_plot_perplexity),
+                                ("plot-shots", "number of shots", cmd_plot_shots)):
+        s = sub.add_parser(name, help=f"eval JSONs -> perplexity vs {against} PNG")
+        s.add_argument("--evals", nargs="+", required=True)
+        s.add_argument("--out", required=True)
+        s.set_defaults(func=func)
 
     s = sub.add_parser("plot-layer-sparsity", help="layer_sparsity.tsv files -> bars PNG")
     s.add_argument("--tables", nargs="+", required=True,
