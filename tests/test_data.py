@@ -55,8 +55,11 @@ def test_bad_text_sources(tmp_path):
     with pytest.raises(SurgeonError, match="not found"):
         load_split(str(tmp_path / "missing.txt"), 0.2)
     (tmp_path / "empty.txt").write_text("  \n")
-    with pytest.raises(SurgeonError, match="empty"):
+    with pytest.raises(SurgeonError, match="empty.txt is empty"):
         load_split(str(tmp_path / "empty.txt"), 0.2)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(SurgeonError, match="latin1.txt is not UTF-8"):
+        load_split(str(tmp_path / "latin1.txt"), 0.2)
     (tmp_path / "bad.jsonl").write_text("{not json}\n")
     with pytest.raises(SurgeonError, match="bad.jsonl:1"):
         load_split(str(tmp_path / "bad.jsonl"), 0.2)

@@ -7,6 +7,7 @@ parser and run function; this module only assembles them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -41,6 +42,9 @@ def main(argv=None) -> int:
     except SurgeonError as err:
         print(f"surgeon {args.stage}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `surgeon inspect ... | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

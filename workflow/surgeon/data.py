@@ -65,15 +65,23 @@ def file_documents(pattern: str) -> list[str]:
         raise SurgeonError(f"text source not found: {pattern}")
     docs = []
     for p in paths:
+        try:
+            text = Path(p).read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise SurgeonError(f"{p} is not UTF-8 text (byte {err.start}: "
+                               f"{err.object[err.start:err.start + 1]!r}); convert it, e.g. "
+                               f"iconv -f latin1 -t utf-8") from None
+        if not text.strip():
+            raise SurgeonError(f"text file {p} is empty")
         if p.endswith(".jsonl"):
-            for i, line in enumerate(Path(p).read_text(encoding="utf-8").splitlines()):
+            for i, line in enumerate(text.splitlines()):
                 if line.strip():
                     try:
                         docs.append(json.loads(line)["text"])
                     except (json.JSONDecodeError, KeyError, TypeError):
                         raise SurgeonError(f"{p}:{i + 1}: expected a JSON object with 'text'") from None
         else:
-            docs.append(Path(p).read_text(encoding="utf-8"))
+            docs.append(text)
     return docs
 
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from ..data import load_windows
+from ..errors import SurgeonError
 
 def cmd_curvature(args):
     import torch
@@ -40,9 +41,15 @@ def cmd_curvature(args):
 
 
 def cmd_inspect(args):
-    from ..inspect_curvature import curvature_table, format_table
+    from ..inspect_curvature import curvature_table, format_rows
 
-    print(format_table(curvature_table(args.curvature, args.damping_g, args.damping_a)))
+    rows = curvature_table(args.curvature, args.damping_g, args.damping_a)
+    print(format_rows(rows, args.format))
+    bad = [r for r in rows if r["check"] != "ok"]
+    if bad:
+        raise SurgeonError(f"{len(bad)} layers have impossible factors (first {bad[0]['layer']}: "
+                           f"{bad[0]['check']}): {args.curvature} is damaged; rebuild it with "
+                           f"snakemake --forcerun {args.curvature}")
 
 
 def add_parsers(sub) -> None:
@@ -60,6 +67,8 @@ def add_parsers(sub) -> None:
 
     s = sub.add_parser("inspect", help="per-layer audit table of a curvature.h5")
     s.add_argument("curvature")
-    s.add_argument("--damping-g", type=float, default=0.1)
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.add_argument("--damping-g", type=float, default=0.1,
+                   help="relative damping of G for the condition numbers shown")
     s.add_argument("--damping-a", type=float, default=0.01)
     s.set_defaults(func=cmd_inspect)

@@ -43,7 +43,11 @@ def cmd_calibrate(args):
     if args.max_eval_windows:
         ev = ev[: args.max_eval_windows]
     if len(ev) == 0:
-        raise SurgeonError(f"evaluation text is shorter than one window of {args.seqlen} tokens")
+        dropped = split.description.get("evaluation_paragraphs_dropped_as_shared", 0)
+        why = (f"; {dropped} of its paragraphs were dropped because they also occur in the "
+               "calibration text (repeated documents)" if dropped else "")
+        raise SurgeonError(f"evaluation text of {args.source} is shorter than one window of "
+                           f"{args.seqlen} tokens{why}")
     meta = {**split.description, "seed": args.seed, "seqlen": args.seqlen,
             "tokenizer_hash": tokenizer_hash(tokenizer), "model_sha256": tree_hash(args.model)}
     save_windows(args.calibration_out, cal, {**meta, "part": "calibration", "count": len(cal),
