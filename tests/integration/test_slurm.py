@@ -196,7 +196,8 @@ def profile_gpus() -> dict[str, int]:
 
 
 def test_workflow_runs_through_slurm(cluster, tmp_path, llama_dir):
-    """import -> calibrate -> curvature -> prune -> evaluate, each a SLURM job: CPU-only data
+    """import -> calibrate (+ out-of-domain windows) -> curvature -> prune -> evaluate, each a
+    SLURM job: CPU-only data
     stages, GPU stages with --gpus=1, CPUs, time and memory as the profile and resources.smk
     ask (for a tiny model: the memory floors)."""
     cfg = tiny_config(llama_dir)
@@ -238,7 +239,7 @@ def test_workflow_runs_through_slurm(cluster, tmp_path, llama_dir):
         rule = re.match(r"rule_(\w+?)_wildcards", job["Comment"]).group(1)
         rules.setdefault(rule, []).append(job)
     assert sorted(rules) == ["calibrate", "estimate_dense_curvature", "evaluate",
-                             "import_model", "prune_shot"]
+                             "import_model", "ood_windows", "prune_shot"]
     gpus = profile_gpus()
     assert [r for r in sorted(rules) if gpus[r]] == ["estimate_dense_curvature", "evaluate",
                                                    "prune_shot"]
