@@ -197,9 +197,8 @@ def profile_gpus() -> dict[str, int]:
 
 def test_workflow_runs_through_slurm(cluster, tmp_path, llama_dir):
     """import -> calibrate (+ out-of-domain windows) -> curvature -> prune -> evaluate, each a
-    SLURM job: CPU-only data
-    stages, GPU stages with --gpus=1, CPUs, time and memory as the profile and resources.smk
-    ask (for a tiny model: the memory floors)."""
+    SLURM job: CPU-only data stages, GPU stages with --gpus=1, CPUs, time and memory as the
+    profile and resources.smk ask (for a tiny model: the memory floors)."""
     cfg = tiny_config(llama_dir)
     cfg.pop("quantization"), cfg.pop("recovery")
     cfg["experiments"] = {"surgeon": {"method": "llm-surgeon", "structure": "unstructured",
