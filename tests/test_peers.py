@@ -165,3 +165,40 @@ def test_unsupported_combination_is_refused(tmp_path):
                    structure="structured")
     with pytest.raises(SurgeonError, match="2:4 removes at most"):
         prune_shot(model, "magnitude", 0.6, removed_so_far(model, tmp_path), structure="2:4")
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_sequential_mode_differs_from_dense_a_only_in_the_inputs_it_sees(method, tmp_path):
+    """Layer by layer: block b is pruned with the A factors that K-FAC measures on the model
+    whose blocks before b are already pruned (and b itself not yet); the dense-A mode would
+    use the dense model's A for every block."""
+    from surgeon.curvature import estimate_kfac
+    from surgeon.models import decoder_linears, set_weight_with_bias, weight_with_bias
+    from surgeon.selection import select_elements
+    from surgeon.sparsegpt import sparsegpt_prune
+    from surgeon.wanda import wanda_scores
+
+    windows = random_windows(3, 16, seed=4)
+    sequential = tiny_model("llama", seed=8)
+    prune_shot(sequential, method, 0.5, removed_so_far(sequential, tmp_path), progress=False,
+               calibration=windows, sequential=True)
+    reference = tiny_model("llama", seed=8)
+    layers = decoder_linears(reference)
+    for block in range(len(reference.model.layers)):
+        factors, _ = estimate_kfac(reference, windows, progress=False)
+        for p in reference.parameters():
+            p.requires_grad_(False)
+        for n, layer in layers.items():
+            if f".layers.{block}." not in n:
+                continue
+            W, A = weight_with_bias(layer), factors[n][0]
+            none = torch.zeros_like(W, dtype=torch.bool)
+            if method == "sparsegpt":
+                W, _ = sparsegpt_prune(W, A, 0.5, none, layer.in_features)
+            else:
+                mask = select_elements({n: wanda_scores(W, A.diagonal()).float()}, {n: none},
+                                       0.5, "unstructured", "row", {n: layer.in_features})[n]
+                W = W.masked_fill(mask, 0.0)
+            set_weight_with_bias(layer, W)
+    for n, layer in decoder_linears(sequential).items():
+        assert torch.allclose(layer.weight, layers[n].weight, atol=1e-5), n

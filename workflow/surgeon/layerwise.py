@@ -31,14 +31,16 @@ def block_inputs(model, windows: torch.Tensor, device) -> list[tuple[torch.Tenso
 
     def hook(module, args, kwargs):
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append((hidden.detach(), dict(kwargs)))
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "cache",
+                                                              "past_key_value")}
+        captured.append((hidden.detach(), kwargs))
         raise _Stop
 
     handle = decoder_blocks(model)[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for ids in windows:
-            try:
-                model(ids[None].to(device))
+            try:  # no KV cache: a block run twice would attend to the keys of its first run
+                model(ids[None].to(device), use_cache=False)
             except _Stop:
                 pass
     finally:
