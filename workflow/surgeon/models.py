@@ -151,8 +151,9 @@ def set_weight_with_bias(layer: nn.Linear, wb: torch.Tensor) -> None:
             layer.bias.copy_(wb[:, -1])
 
 
-def context_length(model) -> int | None:
-    cfg = model.config
+def context_length(cfg) -> int | None:
+    """Longest sequence a model config allows (Llama/OPT: max_position_embeddings, GPT-2:
+    n_positions), or None when it names none."""
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
 

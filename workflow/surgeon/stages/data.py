@@ -24,11 +24,11 @@ def cmd_import_model(args):
 def cmd_calibrate(args):
     from ..artifacts import tree_hash
     from ..data import calibration_windows, cut_windows, load_split, tokenize, tokenizer_hash
-    from ..models import load_tokenizer
-
     from transformers import AutoConfig
-    cfg = AutoConfig.from_pretrained(args.model)
-    ctx = getattr(cfg, "max_position_embeddings", None)
+
+    from ..models import context_length, load_tokenizer
+
+    ctx = context_length(AutoConfig.from_pretrained(args.model))
     if ctx is not None and args.seqlen > ctx:
         raise SurgeonError(f"seqlen {args.seqlen} exceeds the model's context length {ctx}")
     if args.seqlen < 2:
