@@ -5,7 +5,9 @@ lora.lora_correct, evaluate.perplexity), keeping the model in memory between sho
 curvature files in a scratch folder, so a grid of dozens of runs fits where a Snakemake run
 per setting would reload and rehash everything. Every finished run is appended to --out as one
 JSON line (settings, perplexity in-domain and out-of-domain, seconds); runs already in --out
-are skipped, so an interrupted sweep continues. Usage:
+are skipped, so an interrupted sweep continues; `--worker k/n` splits the plan over n parallel
+processes (each with its own --out). `sweep_shots.py table OUT.jsonl...` prints the results as
+a markdown table (ppl / ppl_ood by setting and shot count). Usage:
 
   python scripts/sweep_shots.py --model results/smollm2-135m/dense/model \
       --calibration results/smollm2-135m/data/calibration.safetensors \
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 import traceback
@@ -31,6 +34,7 @@ from surgeon.evaluate import perplexity, sparsity_stats
 from surgeon.lora import lora_correct
 from surgeon.models import load_model, resolve_device
 from surgeon.masks import weight_columns
+from surgeon.methods import METHODS
 from surgeon.prune import decoder_weights, prune_shot
 from surgeon.threshold import linear_schedule
 
@@ -44,29 +48,37 @@ def run_key(run: dict) -> str:
     return json.dumps(run, sort_keys=True)
 
 
-def plan_issue15(windows32: bool) -> list[dict]:
-    """The grid of the multi-shot issue, in the order that answers the most first."""
+def plan_issue15() -> list[dict]:
+    """The whole grid of the multi-shot issue, the runs that answer the most first.
+
+    Element grid: {50% unstructured, 2:4 (element schedule)} x shots {1, 2, 4, 8} x damping_g
+    {0.01, 0.1, 1.0} x windows {16, 32} x low-rank correction between shots {off, 16 steps};
+    structured: LLM Surgeon shots {1, 4, 8, 16} (and the undamped cost numerators), K-OBD
+    shots {1, 2, 4}.
+    """
     base = {"method": "llm-surgeon", "windows": 16, "lora_steps": 0, "damping_a": 0.01}
-    elem = lambda structure, shots, dg, **kw: {**base, "structure": structure,  # noqa: E731
-                                               "target": 0.5, "shots": shots, "damping_g": dg,
-                                               **kw}
-    runs = [elem(s, t, 1.0) for t in (1, 4) for s in ("unstructured", "2:4")]
-    runs += [{"method": m, "structure": s, "target": 0.5, "shots": 1, "windows": 16,
-              "sequential": seq} for seq in (True, False) for s in ("unstructured", "2:4")
-             for m in ("sparsegpt", "wanda")]
-    runs += [elem("2:4", 4, 1.0, nm_schedule="elements")]
-    runs += [elem(s, t, 1.0) for t in (8, 2) for s in ("unstructured", "2:4")]
-    runs += [elem("2:4", 8, 1.0, nm_schedule="elements")]
-    runs += [{**base, "structure": "structured", "target": 0.2, "shots": t, "damping_g": 0.1}
-             for t in (1, 4, 8, 16)]
-    runs += [{**base, "structure": "structured", "target": 0.2, "shots": 4, "damping_g": 0.1,
-              "undamped_numerators": True}]
-    runs += [elem(s, t, 0.1) for t in (1, 4, 2, 8) for s in ("unstructured", "2:4")]
-    runs += [elem(s, t, 1.0, lora_steps=16) for t in (1, 4) for s in ("unstructured", "2:4")]
-    runs += [elem(s, t, 0.01) for t in (1, 4, 2, 8) for s in ("unstructured", "2:4")]
-    if windows32:
-        runs += [elem(s, t, 1.0, windows=32) for t in (1, 4, 8) for s in ("unstructured", "2:4")]
-    return runs
+
+    def elem(structure, shots, dg, **kw):
+        extra = {"nm_schedule": "elements"} if structure == "2:4" else {}
+        return {**base, "structure": structure, "target": 0.5, "shots": shots,
+                "damping_g": dg, **extra, **kw}
+
+    def struct(shots, method="llm-surgeon", **kw):
+        return {**base, "method": method, "structure": "structured", "target": 0.2,
+                "shots": shots, "damping_g": 0.1 if method == "llm-surgeon" else 0.01, **kw}
+
+    both = ("unstructured", "2:4")
+    first = [elem(s, t, 1.0) for t in (2, 8) for s in both]
+    first += [struct(t) for t in (1, 4, 8)] + [struct(t, "k-obd") for t in (1, 2, 4)]
+    first += [elem(s, t, 0.1) for t in (1, 4) for s in both]
+    first += [elem(s, 4, 1.0, lora_steps=16) for s in both]
+    first += [elem(s, t, 1.0, windows=32) for t in (1, 4) for s in both]
+    first += [elem(s, t, 0.01) for t in (1, 4) for s in both]
+    first += [struct(16), struct(4, undamped_numerators=True)]
+    grid = [elem(s, t, dg, windows=w, lora_steps=lo) for lo in (0, 16) for w in (16, 32)
+            for dg in (1.0, 0.1, 0.01) for t in (1, 2, 4, 8) for s in both]
+    keys = {run_key(r) for r in first}
+    return first + [r for r in grid if run_key(r) not in keys]
 
 
 def write_factors(model, windows, path):
@@ -86,7 +98,8 @@ def run_one(run, args, windows, evaluation, ood, scratch, device):
     for shot in range(1, run["shots"] + 1):
         t0 = time.time()
         curvature = None
-        if run["method"] == "llm-surgeon" or not run.get("sequential", True):
+        method = METHODS[run["method"]]
+        if method.curvature and not (method.sequential and run.get("sequential", True)):
             curvature = scratch / "curvature.h5"
             write_factors(model, cal, curvature)
         t1 = time.time()
@@ -113,7 +126,51 @@ def run_one(run, args, windows, evaluation, ood, scratch, device):
             "wall_s": round(time.time() - start, 1), "device": str(device)}
 
 
+def label(run: dict) -> str:
+    """The settings of a run other than its shot count, as a table row label."""
+    size = "" if run["structure"] == "2:4" else f" {run['target']:.0%}"
+    parts = [run["method"], run["structure"] + size, f"damping_g {run['damping_g']}",
+             f"{run['windows']} windows"]
+    if run.get("lora_steps"):
+        parts.append(f"low-rank correction {run['lora_steps']} steps after every shot")
+    if run.get("undamped_numerators"):
+        parts.append("undamped cost numerators")
+    return ", ".join(parts)
+
+
+def markdown_table(records: list[dict]) -> str:
+    """ppl / ppl_ood per setting (rows) and shot count (columns), best of a row in bold."""
+    rows: dict[str, dict[int, dict]] = {}
+    for r in records:
+        if r["key"] != "dense" and "error" not in r:
+            rows.setdefault(label(r), {})[r["shots"]] = r
+    shots = sorted({t for row in rows.values() for t in row})
+    lines = ["| setting | " + " | ".join(f"{t} shot{'s' * (t > 1)}" for t in shots) + " |",
+             "|---" * (len(shots) + 1) + "|"]
+    for name, row in rows.items():
+        best = min(row.values(), key=lambda r: r["ppl"])["shots"]
+        cells = []
+        for t in shots:
+            cell = f"{row[t]['ppl']:.3f} / {row[t]['ppl_ood']:.3f}" if t in row else "-"
+            cells.append(f"**{cell}**" if t == best and len(row) > 1 else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def read_records(paths) -> list[dict]:
+    """Records of one or more output files, the last one of a key winning."""
+    records = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            rec = json.loads(line)
+            records[rec["key"]] = rec
+    return list(records.values())
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "table":  # sweep_shots.py table OUT.jsonl...
+        print(markdown_table(read_records(sys.argv[2:])))
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--calibration", required=True, help="windows file (16 windows)")
@@ -122,6 +179,8 @@ def main():
     p.add_argument("--ood", required=True)
     p.add_argument("--plan", default="issue15", choices=["issue15"])
     p.add_argument("--only", default="", help="comma-separated run indices of the plan")
+    p.add_argument("--worker", default="0/1",
+                   help="k/n: run only plan entries i with i %% n == k (parallel processes)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -136,9 +195,13 @@ def main():
         for line in out.read_text().splitlines():
             rec = json.loads(line)
             done.add(rec["key"])
-    runs = plan_issue15(bool(args.calibration32))
+    runs = plan_issue15()
+    if not args.calibration32:
+        runs = [r for r in runs if r["windows"] == 16]
     if args.only:
         runs = [runs[int(i)] for i in args.only.split(",")]
+    k, n = (int(x) for x in args.worker.split("/"))
+    runs = runs[k::n]
     ppl_dense = None
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as d:
         for run in runs:

@@ -50,13 +50,14 @@ def row_blocks(Gi: torch.Tensor, Ai: torch.Tensor, remove: torch.Tensor, budget:
     rows = rows[torch.argsort(counts[rows], stable=True)]
     # the removed columns of every row, left-aligned (a stable sort puts True first)
     order = torch.argsort((~remove[rows]).to(torch.uint8), dim=1, stable=True)
+    sizes = counts[rows].tolist()  # one device sync, not one per row
     batches, start = [], 0
     while start < len(rows):
         stop = start + 1
-        while stop < len(rows) and (stop - start + 1) * int(counts[rows[stop]]) ** 2 <= budget:
+        while stop < len(rows) and (stop - start + 1) * sizes[stop] ** 2 <= budget:
             stop += 1
         r = rows[start:stop]
-        n = int(counts[r[-1]])
+        n = sizes[stop - 1]
         cols = order[start:stop, :n]
         valid = torch.arange(n, device=cols.device)[None, :] < counts[r][:, None]
         if len(r) == 1:
