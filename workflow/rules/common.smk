@@ -260,18 +260,9 @@ def evaluated_model(wildcards):
 
 
 def eval_labels(wildcards):
-    """Method, structure, target and shot recorded beside the measurements."""
-    if wildcards.stage == "dense":
-        return "--experiment dense --method none --structure none --target 0 --shot 0"
-    exp = experiment(wildcards.experiment)
-    shot = wildcards.stage.removeprefix("shot-")
-    if not wildcards.stage.startswith("shot-"):
-        shot = exp["shots"]
-    return (
-        f"--experiment {wildcards.experiment} --method {exp['method']} "
-        f"--structure {exp['structure']} --target {exp['target']} --shot {shot} "
-        f"--shots {exp['shots']} --stage {wildcards.stage}"
-    )
+    """The experiment and stage names recorded beside the measurements (what was done to the
+    model, evaluate reads from the manifests of the model folder)."""
+    return f"--experiment {wildcards.experiment} --stage {wildcards.stage}"
 
 
 def speed_options(wildcards):

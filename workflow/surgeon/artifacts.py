@@ -176,6 +176,22 @@ def made_by(model_dir) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def prune_settings(model_dir, max_hops: int = 64) -> dict:
+    """The config of the prune shot that made the model in `model_dir`, found by following the
+    manifests' input models back (recovered, compacted and quantized folders name the model
+    they came from); {} for a model no prune stage touched."""
+    path = Path(model_dir)
+    for _ in range(max_hops):
+        m = made_by(path)
+        if m.get("stage") == "prune":
+            return m.get("config", {})
+        source = m.get("inputs", {}).get("model", {}).get("path")
+        if not source:
+            return {}
+        path = Path(source)
+    return {}
+
+
 def compress_wall(model_dir) -> float:
     """Seconds spent so far compressing the model in `model_dir` (0 for an imported model)."""
     return made_by(model_dir).get("compress_wall_s", 0.0)

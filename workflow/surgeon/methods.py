@@ -19,15 +19,22 @@ class Method:
     curvature: bool  # reads the shot's curvature file (unless it runs sequentially)
     scope: str  # which costs compete: global, layer or row (see selection.py)
     structures: tuple[str, ...]
+    update: str = "none"  # what happens to the kept weights: see UPDATES
     calibration: bool = False  # reads calibration windows for its own gradients
     sequential: bool = False  # runs layer by layer by default (sequential: true)
 
 
+UPDATES = {
+    "obs": "optimal correlated update under G (x) A, damped by damping_g and damping_a",
+    "sweep": "SparseGPT's column sweep under A, damped by damping_a",
+    "none": "removed weights are zeroed, the others kept",
+}
+
 METHODS = {
-    "llm-surgeon": Method(True, "global", STRUCTURES),
+    "llm-surgeon": Method(True, "global", STRUCTURES, update="obs"),
     "k-obd": Method(True, "global", STRUCTURES),
     "l-obd": Method(True, "global", STRUCTURES),
-    "sparsegpt": Method(True, "layer", ("unstructured", "2:4"), sequential=True),
+    "sparsegpt": Method(True, "layer", ("unstructured", "2:4"), update="sweep", sequential=True),
     "wanda": Method(True, "row", ("unstructured", "2:4"), sequential=True),
     "magnitude": Method(False, "layer", STRUCTURES),
     "llm-pruner": Method(False, "layer", ("structured",), calibration=True),

@@ -63,23 +63,25 @@ def zeroing_shot(method, weights, removed, fraction, structure, weight_cols, cur
     return {n: W.masked_fill(masks[n], 0.0) for n, W in weights.items()}, masks
 
 
-def sparsegpt_shot(weights, removed, fraction, structure, weight_cols, curvature, progress=True,
-                   device="cpu"):
-    """SparseGPT per layer with H = the layer's K-FAC A factor."""
+def sparsegpt_shot(weights, removed, fraction, structure, weight_cols, curvature, damp_a,
+                   progress=True, device="cpu"):
+    """SparseGPT per layer with H = the layer's K-FAC A factor, damped by `damp_a`."""
     new_weights, masks = {}, {}
     nm = (2, 4) if structure == "2:4" else None
     with open_curvature(curvature) as f:
         for n, W, A, _, _, _ in tqdm(layer_factors(f, weights, device), total=len(weights),
                                      desc="sparsegpt", disable=not progress):
-            Wn, mask = sparsegpt_prune(W, A, fraction, removed[n].to(device), weight_cols[n], nm)
+            Wn, mask = sparsegpt_prune(W, A, fraction, removed[n].to(device), weight_cols[n], nm,
+                                       damp=damp_a)
             new_weights[n], masks[n] = Wn.cpu(), mask.cpu()
     return new_weights, masks
 
 
-def sequential_shot(model, method, removed, fraction, structure, weight_cols, windows,
+def sequential_shot(model, method, removed, fraction, structure, weight_cols, windows, damp_a,
                     progress=True, device="cpu"):
     """SparseGPT or Wanda layer by layer, each block's A from the outputs of the blocks
     before it as already pruned (layerwise.py); sets the model's weights, returns the masks."""
+    sweep = METHODS[method].update == "sweep"
     if windows is None:
         raise SurgeonError(f"sequential {method} needs calibration windows (--calibration)")
     layers = decoder_linears(model)
@@ -90,8 +92,9 @@ def sequential_shot(model, method, removed, fraction, structure, weight_cols, wi
         for n, A in factors.items():
             W = weight_with_bias(layers[n])
             gone = removed[n].to(W.device)
-            if method == "sparsegpt":
-                Wn, mask = sparsegpt_prune(W, A.to(W.device), fraction, gone, weight_cols[n], nm)
+            if sweep:
+                Wn, mask = sparsegpt_prune(W, A.to(W.device), fraction, gone, weight_cols[n], nm,
+                                           damp=damp_a)
             else:
                 cost = element_costs(method, W, A.to(W.device)).float().masked_fill(gone, REMOVED)
                 mask = select_elements({n: cost}, {n: gone}, fraction, structure, "row",
@@ -364,32 +367,31 @@ def prune_shot(model, method: str, fraction: float, removed, curvature: Path | N
     weight_cols = {n: layer.in_features for n, layer in decoder_linears(model).items()}
     if sequential:
         return sequential_shot(model, method, removed, fraction, structure, weight_cols,
-                               calibration, progress, device)
+                               calibration, damp_a, progress, device)
     weights = decoder_weights(model)
-    if method == "llm-surgeon" and structure != "structured":
-        new_weights, masks = surgeon_elements(
-            weights, removed, curvature, fraction, damp_g, damp_a, progress,
-            device=device, structure=structure, weight_cols=weight_cols, nm_schedule=nm_schedule,
-        )
-    elif method == "llm-pruner":
+    curvature = curvature if m.curvature else None
+    if m.calibration:  # selects by its own gradients on the calibration windows
         masks = llm_pruner_shot(model, fraction, calibration, device)
-        masks = {n: m | removed[n] for n, m in masks.items()}
+        masks = {n: mask | removed[n] for n, mask in masks.items()}
         new_weights = {n: W.masked_fill(masks[n], 0.0) for n, W in weights.items()}
     elif structure == "structured":
         probe = None
         if calibration is not None:  # count the coupled structures a removal kills (coupling.py)
             ids = calibration[:1, :PROBE_TOKENS]
             probe = lambda chosen: dead_after_removal(model, chosen, ids)  # noqa: E731
-        new_weights, masks = structured_shot(method, weights, removed, fraction,
-                                             curvature if m.curvature else None, damp_g, damp_a,
-                                             progress, device, probe=probe)
-    elif method == "sparsegpt":
+        new_weights, masks = structured_shot(method, weights, removed, fraction, curvature,
+                                             damp_g, damp_a, progress, device, probe=probe)
+    elif m.update == "obs":
+        new_weights, masks = surgeon_elements(
+            weights, removed, curvature, fraction, damp_g, damp_a, progress,
+            device=device, structure=structure, weight_cols=weight_cols, nm_schedule=nm_schedule,
+        )
+    elif m.update == "sweep":
         new_weights, masks = sparsegpt_shot(weights, removed, fraction, structure, weight_cols,
-                                            curvature, progress, device)
+                                            curvature, damp_a, progress, device)
     else:
         new_weights, masks = zeroing_shot(method, weights, removed, fraction, structure,
-                                          weight_cols, curvature if m.curvature else None,
-                                          nm_schedule)
+                                          weight_cols, curvature, nm_schedule)
     for n, layer in decoder_linears(model).items():
         set_weight_with_bias(layer, new_weights[n].to(layer.weight.device, layer.weight.dtype))
     return masks

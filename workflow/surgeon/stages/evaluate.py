@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..artifacts import made_by
+from ..artifacts import made_by, prune_settings
 from ..data import load_windows
 
 def cmd_evaluate(args):
@@ -40,20 +40,22 @@ def cmd_evaluate(args):
                  "speed_prompt_tokens": len(prompt), "speed_new_tokens": args.speed_new_tokens,
                  "speed_device": str(next(model.parameters()).device),
                  "speed_threads": torch.get_num_threads()}
+    pruned = prune_settings(args.model)  # what was done to the model, from its manifests
+    shot = pruned.get("shot", 0)
     write_json(args.out, {
         **speed,
         **extra,
-        "model": args.model_name, "experiment": args.experiment, "method": args.method,
-        "structure": args.structure, "target": args.target, "shot": args.shot,
-        "shots": args.shots or args.shot,
-        "stage": args.eval_stage or ("dense" if args.shot == 0 else f"shot-{args.shot}"),
+        "model": args.model_name, "experiment": args.experiment,
+        "method": pruned.get("method", "none"), "structure": pruned.get("structure", "none"),
+        "target": pruned.get("target", 0.0), "shot": shot, "shots": pruned.get("shots", shot),
+        "stage": args.eval_stage or ("dense" if shot == 0 else f"shot-{shot}"),
         "model_dir": str(args.model), "ppl": ppl, **extra_ppl, "eval_windows": len(windows),
         "seqlen": int(windows.shape[1]), **stats, **parameter_counts(model),
         "size_bytes": stored_size(args.model), "compress_wall_s": compress_wall,
         "eval_wall_s": round(time.time() - start, 3),
     })
     ood = f", out-of-domain ppl {extra_ppl['ppl_ood']:.3f}" if extra_ppl else ""
-    print(f"{args.experiment} shot {args.shot}: ppl {ppl:.3f}{ood}, "
+    print(f"{args.experiment} shot {shot}: ppl {ppl:.3f}{ood}, "
           f"sparsity {stats['sparsity']:.4f}")
 
 
@@ -65,13 +67,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--model-name", default="model")
     s.add_argument("--experiment", default="dense")
-    s.add_argument("--method", default="none")
-    s.add_argument("--structure", default="none")
-    s.add_argument("--target", type=float, default=0.0)
-    s.add_argument("--shot", type=int, default=0)
-    s.add_argument("--shots", type=int, default=0, help="the experiment's number of shots")
     s.add_argument("--stage", dest="eval_stage", default="",
-                   help="dense, shot-K, recovered or compact (default from --shot)")
+                   help="dense, shot-K, recovered or compact (default: shot-K of the prune shot "
+                   "the model's manifests lead to, or dense)")
     s.add_argument("--speed-prompt-tokens", type=int, default=64)
     s.add_argument("--speed-new-tokens", type=int, default=0,
                    help="also measure greedy tokens/s generating this many tokens (0 = skip)")

@@ -12,7 +12,7 @@ from ..errors import SurgeonError
 
 def cmd_prune(args):
     from ..masks import load_mask
-    from ..methods import damping_g_default
+    from ..methods import METHODS, damping_g_default
     from ..models import load_model, resolve_device
     from ..prune import decoder_weights, prune_shot
     from ..threshold import linear_schedule
@@ -42,9 +42,11 @@ def cmd_prune(args):
         if getattr(args, name):
             inputs[name] = getattr(args, name)
     config = {k: getattr(args, k) for k in ("method", "structure", "target", "shots", "shot",
-                                            "damping_g", "damping_a", "sequential", "nm_schedule",
-                                            "lora_steps", "lora_rank", "lora_lr",
-                                            "lora_windows")}
+                                            "sequential", "nm_schedule", "lora_steps",
+                                            "lora_rank", "lora_lr", "lora_windows")}
+    update = METHODS[args.method].update  # record only the damping the method reads
+    config.update({"damping_g": args.damping_g} if update == "obs" else {})
+    config.update({"damping_a": args.damping_a} if update in ("obs", "sweep") else {})
     write_model_folder(args.out, model, args.model, masks, "prune", inputs, config, start,
                        earlier_wall=_curvature_wall(args), cumulative_fraction=fraction,
                        low_rank_correction=correction)
