@@ -1,4 +1,5 @@
-# Helpers, config validation and wildcard constraints shared by every rule.
+# Config validation, the experiment table, shot paths and the lists of final outputs, shared
+# by every rule file; the helpers of one stage live at the top of that stage's rule file.
 import re
 from pathlib import Path
 
@@ -112,48 +113,6 @@ def curvature_of_shot(wildcards):
     return shot_path(wildcards, wildcards.shot, "curvature.h5")
 
 
-def is_sequential(exp):
-    return exp["method"] in SEQUENTIAL_METHODS and exp["sequential"]
-
-
-def sequential_flag(wildcards):
-    return "--sequential" if is_sequential(experiment(wildcards.experiment)) else ""
-
-
-def prune_inputs(wildcards):
-    exp = experiment(wildcards.experiment)
-    inputs = {"model": previous_model(wildcards)}
-    if exp["method"] in CURVATURE_METHODS and not is_sequential(exp):
-        inputs["curvature"] = curvature_of_shot(wildcards)
-        # its wall time is added to the compression time recorded by prune
-        inputs["curvature_manifest"] = inputs["curvature"] + ".manifest.json"
-    # structured shots probe which coupled structures their removals kill (one window)
-    if (
-        exp["method"] in CALIBRATION_METHODS
-        or exp["lora_steps"] > 0
-        or is_sequential(exp)
-        or exp["structure"] == "structured"
-    ):
-        inputs["calibration"] = (
-            f"results/{wildcards.model}/data/calibration.safetensors"
-        )
-    return inputs
-
-
-def optional_inputs(wildcards, input):
-    """--curvature / --calibration for the inputs this shot has."""
-    return " ".join(
-        f"--{k} {input[k]}" for k in ("curvature", "calibration") if k in input.keys()
-    )
-
-
-def ood_windows_file(wildcards):
-    """Out-of-domain windows every evaluation also scores (none when data.ood_source is "")."""
-    if not config["data"]["ood_source"]:
-        return []
-    return f"results/{wildcards.model}/data/ood.safetensors"
-
-
 def evaluated_shots(name):
     exp = experiment(name)
     if exp["evaluate_shots"] == "final":
@@ -192,11 +151,6 @@ def final_model(wildcards):
     return shot_path(wildcards, experiment(wildcards.experiment)["shots"], "model")
 
 
-def recovery_source():
-    source = config["recovery"]["source"]
-    return config["data"]["source"] if source == "calibration" else source
-
-
 def recovery_targets():
     targets = config["recovery"]["targets"]
     return targets if targets == "all" else ",".join(targets)
@@ -214,66 +168,6 @@ def quantization_grid(quant):
     """The entry that sets a quantization's grid: itself, or the one its qat_from names."""
     spec = config["quantization"][quant]
     return config["quantization"][spec["qat_from"]] if "qat_from" in spec else spec
-
-
-def quantization_setting(key):
-    return lambda wildcards: config["quantization"][wildcards.quant][key]
-
-
-def quantization_curvature(wildcards):
-    """GPTQ reads the A factor of the model it quantizes (estimated by the curvature rule)."""
-    if config["quantization"][wildcards.quant]["method"] != "gptq":
-        return []
-    return f"results/{wildcards.model}/{wildcards.experiment}/quantized/curvature.h5"
-
-
-def curvature_option(wildcards, input):
-    return f"--curvature {input.curvature}" if input.curvature else ""
-
-
-def final_or_recovered_model(wildcards):
-    """The recovered model when the experiment recovers, else its final shot."""
-    if experiment(wildcards.experiment)["recover"]:
-        return f"results/{wildcards.model}/{wildcards.experiment}/recovered/model"
-    return final_model(wildcards)
-
-
-def recovery_losses():
-    return [
-        f"results/{MODEL}/{name}/recovered/loss.tsv" for name in recovered_experiments()
-    ]
-
-
-def evaluated_model(wildcards):
-    if wildcards.stage == "dense":
-        return f"results/{wildcards.model}/dense/model"
-    if wildcards.stage in ("recovered", "compact"):
-        return (
-            f"results/{wildcards.model}/{wildcards.experiment}/{wildcards.stage}/model"
-        )
-    if wildcards.stage.startswith("quantized-"):
-        quant = wildcards.stage.removeprefix("quantized-")
-        return (
-            f"results/{wildcards.model}/{wildcards.experiment}/quantized/{quant}/model"
-        )
-    return shot_path(wildcards, wildcards.stage.removeprefix("shot-"), "model")
-
-
-def eval_labels(wildcards):
-    """The experiment and stage names recorded beside the measurements (what was done to the
-    model, evaluate reads from the manifests of the model folder)."""
-    return f"--experiment {wildcards.experiment} --stage {wildcards.stage}"
-
-
-def speed_options(wildcards):
-    """Generation speed is measured for the dense model and the compacted ones."""
-    if wildcards.stage not in ("dense", "compact"):
-        return ""
-    speed = config["speed"]
-    return (
-        f"--speed-prompt-tokens {speed['prompt_tokens']} "
-        f"--speed-new-tokens {speed['new_tokens']}"
-    )
 
 
 def quantization_exports(name, quant, model=MODEL):
@@ -298,14 +192,6 @@ def export_files():
     ]
 
 
-def evaluated_exports(wildcards):
-    """A quantized model's exported files, whose sizes its evaluation records."""
-    if not wildcards.stage.startswith("quantized-"):
-        return []
-    quant = wildcards.stage.removeprefix("quantized-")
-    return quantization_exports(wildcards.experiment, quant, wildcards.model)
-
-
 def spectra_files():
     """Spectra of the dense curvature (read by every shot 1) and of each later shot's own."""
     curved = [
@@ -316,12 +202,6 @@ def spectra_files():
         shots = range(2, experiment(name)["shots"] + 1)
         files += [f"results/{MODEL}/{name}/spectra/shot-{k}.json" for k in shots]
     return files
-
-
-def layer_sparsity_files():
-    return [
-        f"results/{MODEL}/{name}/layer_sparsity.tsv" for name in config["experiments"]
-    ]
 
 
 def report_figures():
@@ -340,15 +220,6 @@ def report_figures():
 BENCHMARK_REPORT = [
     f"results/report/benchmarks.{ext}" for ext in ("csv", "html", "png")
 ]
-
-
-def benchmark_dirs():
-    """Benchmark folders of this run: the model's, the dense model's, this config's
-    experiments' and the report figures' (those of experiments no longer configured are not).
-    """
-    model = f"benchmarks/{MODEL}"
-    dirs = [model, f"{model}/dense", "benchmarks/report"]
-    return dirs + [f"{model}/{name}" for name in config["experiments"]]
 
 
 PROJECT_TASKS = Path(workflow.basedir) / "resources" / "tasks"
@@ -378,26 +249,6 @@ def zeroshot_files():
     return files
 
 
-def zeroshot_task_inputs(wildcards):
-    """The cloze task folder and the files of the requested project tasks (an edit re-runs)."""
-    files = []
-    for name in config["zeroshot"]["tasks"]:
-        folder = PROJECT_TASKS / name
-        if name == CLOZE_TASK:
-            files.append(f"results/{wildcards.model}/data/cloze")
-        elif (folder / f"{name}.yaml").is_file():
-            files += [str(p) for p in sorted(folder.iterdir()) if p.is_file()]
-    return files
-
-
-def zeroshot_include(wildcards, input):
-    """--include folders: resources/tasks and the cloze task folder when it is requested."""
-    folders = [str(PROJECT_TASKS)] if PROJECT_TASKS.is_dir() else []
-    if CLOZE_TASK in config["zeroshot"]["tasks"]:
-        folders.append(f"results/{wildcards.model}/data/cloze")
-    return " ".join(folders)
-
-
 def final_outputs():
     return (
         ["results/report/summary.csv", "results/report/summary.md"]
@@ -409,43 +260,11 @@ def final_outputs():
     )
 
 
-def benchmarked_outputs():
-    """Every target of the run except the benchmark table and plot themselves."""
-    return [f for f in final_outputs() if f not in BENCHMARK_REPORT]
-
-
-TEACHER = "results/{model}/data/teacher_logits.safetensors"
-
-
-def recovery_teacher(wildcards):
-    """The dense model's top-k logits when the experiment's recovery distils."""
-    if experiment(wildcards.experiment)["recover_objective"] == "lm":
-        return []
-    return TEACHER.format(model=wildcards.model)
-
-
-def qat_teacher(wildcards):
-    if config["quantization"][wildcards.quant]["objective"] == "lm":
-        return []
-    return TEACHER.format(model=wildcards.model)
-
-
-def teacher_option(wildcards, input):
-    return f"--teacher {input.teacher}" if input.teacher else ""
-
-
-def qat_source(wildcards):
-    base = config["quantization"][wildcards.quant]["qat_from"]
-    return f"results/{wildcards.model}/{wildcards.experiment}/quantized/{base}/model"
-
-
-def lora_options(objective):
-    """The recovery block as `surgeon recover/qat` options (LoRA, objective, checkpoint)."""
-    r = config["recovery"]
-    return (
-        f"--rank {r['rank']} --alpha {r['alpha']} --targets {recovery_targets()}"
-        f" --steps {r['steps']} --lr {r['lr']} --batch-size {r['batch_size']}"
-        f" --grad-accum {r['grad_accum']} --seed {r['seed']}"
-        f" --checkpoint-every {r['checkpoint_every']} --objective {objective}"
-        f" --kd-weight {r['kd_weight']} --temperature {r['kd_temperature']}"
-    )
+# the helpers of each stage's rules, one file per rule file
+include: "helpers/prune.smk"
+include: "helpers/recover.smk"
+include: "helpers/compact.smk"
+include: "helpers/quantize.smk"
+include: "helpers/evaluate.smk"
+include: "helpers/zeroshot.smk"
+include: "helpers/figures.smk"

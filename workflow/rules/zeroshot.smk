@@ -1,6 +1,8 @@
 # Zero-shot accuracy (lm-eval) of the dense model and of each experiment's final, recovered,
 # compacted or quantized model, on the project's task files and the cloze task built from the
 # evaluation text; lm-eval's standard tasks where their data sets can be reached.
+
+
 rule build_cloze_task:
     output:
         directory("results/{model}/data/cloze"),
