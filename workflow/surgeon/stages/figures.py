@@ -112,6 +112,14 @@ def cmd_html_table(args):
     _write_text(args.out, csv_to_html(Path(args.csv).read_text(), args.title))
 
 
+def add_plot_parser(sub, name, help, inputs, inputs_help, func) -> None:
+    """`surgeon <name> --<inputs> FILE... --out PNG`: the shape of every figure command."""
+    s = sub.add_parser(name, help=help)
+    s.add_argument(f"--{inputs}", nargs="+", required=True, help=inputs_help)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=func)
+
+
 def add_parsers(sub) -> None:
     s = sub.add_parser("spectra", help="eigenvalues of A and G of a few layers of a curvature.h5")
     s.add_argument("--curvature", required=True)
@@ -125,22 +133,14 @@ def add_parsers(sub) -> None:
 
     for name, against, func in (("plot-perplexity", "sparsity", cmd_plot_perplexity),
                                 ("plot-shots", "number of shots", cmd_plot_shots)):
-        s = sub.add_parser(name, help=f"eval JSONs -> perplexity vs {against} PNG")
-        s.add_argument("--evals", nargs="+", required=True)
-        s.add_argument("--out", required=True)
-        s.set_defaults(func=func)
-
-    s = sub.add_parser("plot-layer-sparsity", help="layer_sparsity.tsv files -> bars PNG")
-    s.add_argument("--tables", nargs="+", required=True,
-                   help="results/<model>/<experiment>/layer_sparsity.tsv files")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_plot_layer_sparsity)
-
-    s = sub.add_parser("plot-spectra", help="spectra JSONs -> curvature spectra PNG")
-    s.add_argument("--spectra", nargs="+", required=True,
-                   help="<model>/dense/spectra.json, <model>/<experiment>/spectra/shot-K.json")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_plot_spectra)
+        add_plot_parser(sub, name, f"eval JSONs -> perplexity vs {against} PNG", "evals",
+                        "eval JSONs", func)
+    add_plot_parser(sub, "plot-layer-sparsity", "layer_sparsity.tsv files -> bars PNG", "tables",
+                    "results/<model>/<experiment>/layer_sparsity.tsv files",
+                    cmd_plot_layer_sparsity)
+    add_plot_parser(sub, "plot-spectra", "spectra JSONs -> curvature spectra PNG", "spectra",
+                    "<model>/dense/spectra.json, <model>/<experiment>/spectra/shot-K.json",
+                    cmd_plot_spectra)
 
     s = sub.add_parser("gather-benchmarks", help="Snakemake benchmark TSVs -> one CSV")
     s.add_argument("--root", default="benchmarks", help="folder the job names are relative to")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .figures import add_plot_parser
+
+
 def cmd_report(args):
     from ..artifacts import atomic_path
     from ..report import (COLUMNS, compaction_markdown, summary_rows, to_csv, to_markdown,
@@ -39,8 +42,5 @@ def add_parsers(sub) -> None:
                    help="zero-shot JSONs: their average and per-task accuracy become columns")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("plot-losses", help="recovery loss curves (loss.tsv files) -> PNG")
-    s.add_argument("--losses", nargs="+", required=True,
-                   help="results/<model>/<experiment>/recovered/loss.tsv files")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_plot_losses)
+    add_plot_parser(sub, "plot-losses", "recovery loss curves (loss.tsv files) -> PNG", "losses",
+                    "results/<model>/<experiment>/recovered/loss.tsv files", cmd_plot_losses)
