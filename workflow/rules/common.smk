@@ -29,7 +29,22 @@ SEQUENTIAL_METHODS = {n for n, m in METHODS.items() if m.sequential}
 def experiment(name):
     """An experiment's settings; damping of G defaults by structure (surgeon.methods)."""
     exp = config["experiments"][name]
-    return {"damping_g": damping_g_default(exp["structure"]), **exp}
+    defaults = {
+        "damping_g": damping_g_default(exp["structure"]),
+        "units": METHODS[exp["method"]].units[0],
+    }
+    return {**defaults, **exp}
+
+
+def check_units():
+    """A method removes only the structured units it knows (surgeon.methods)."""
+    for name, exp in config["experiments"].items():
+        known = METHODS[exp["method"]].units
+        if exp["structure"] == "structured" and exp.get("units", known[0]) not in known:
+            raise ValueError(
+                f"experiments.{name}.units: {exp['method']} removes {', '.join(known)},"
+                f" not {exp['units']}"
+            )
 
 
 def check_keep_shots():
@@ -61,6 +76,7 @@ def check_qat_sources():
 
 check_keep_shots()
 check_qat_sources()
+check_units()
 
 
 def name_pattern(names):

@@ -20,9 +20,16 @@ class Method:
     scope: str  # which costs compete: global, layer or row (see selection.py)
     structures: tuple[str, ...]
     update: str = "none"  # what happens to the kept weights: see UPDATES
+    units: tuple[str, ...] = ("rows-columns",)  # structured units it removes; first = default
     calibration: bool = False  # reads calibration windows for its own gradients
     sequential: bool = False  # runs layer by layer by default (sequential: true)
 
+
+UNITS = {
+    "coupled": "MLP channels and attention groups (a kv head with its query heads): exactly "
+               "what compaction removes",
+    "rows-columns": "single rows and columns of every Linear (the LLM Surgeon paper's)",
+}
 
 UPDATES = {
     "obs": "optimal correlated update under G (x) A, damped by damping_g and damping_a",
@@ -31,13 +38,14 @@ UPDATES = {
 }
 
 METHODS = {
-    "llm-surgeon": Method(True, "global", STRUCTURES, update="obs"),
+    "llm-surgeon": Method(True, "global", STRUCTURES, update="obs",
+                          units=("coupled", "rows-columns")),
     "k-obd": Method(True, "global", STRUCTURES),
     "l-obd": Method(True, "global", STRUCTURES),
     "sparsegpt": Method(True, "layer", ("unstructured", "2:4"), update="sweep", sequential=True),
     "wanda": Method(True, "row", ("unstructured", "2:4"), sequential=True),
     "magnitude": Method(False, "layer", STRUCTURES),
-    "llm-pruner": Method(False, "layer", ("structured",), calibration=True),
+    "llm-pruner": Method(False, "layer", ("structured",), units=("coupled",), calibration=True),
 }
 
 
@@ -46,7 +54,8 @@ def damping_g_default(structure: str) -> float:
     return 0.01 if structure == "structured" else 0.1
 
 
-def check_method(method: str, structure: str, fraction: float) -> Method:
+def check_method(method: str, structure: str, fraction: float,
+                 units: str | None = None) -> Method:
     """The method's entry, or a one-line error naming what is not supported."""
     if method not in METHODS:
         raise SurgeonError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
@@ -54,6 +63,9 @@ def check_method(method: str, structure: str, fraction: float) -> Method:
     if structure not in m.structures:
         raise SurgeonError(f"method {method} does not support structure '{structure}'; "
                            f"it supports: {', '.join(m.structures)}")
+    if units is not None and structure == "structured" and units not in m.units:
+        raise SurgeonError(f"method {method} removes structured units {', '.join(m.units)}, "
+                           f"not '{units}'")
     if structure == "2:4" and fraction > NM_DENSITY:
         raise SurgeonError(f"2:4 removes at most {NM_DENSITY} of the weights, not {fraction}")
     return m

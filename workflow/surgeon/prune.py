@@ -15,7 +15,9 @@ from .curvature_store import open_curvature, read_factors
 from .errors import SurgeonError
 from .methods import METHODS, check_method, damping_g_default
 from .layerwise import prune_sequentially
-from .llm_pruner import coupled_groups, group_scores, llm_pruner_masks, taylor_importance
+from .coupled import layer_spans, select_units, span_costs, unit_masks, unit_removed
+from .llm_pruner import (coupled_groups, group_params, group_scores, llm_pruner_masks,
+                         taylor_importance)
 from .models import decoder_linears, set_weight_with_bias, weight_with_bias
 from .selection import select_elements
 from .sparsegpt import sparsegpt_prune
@@ -248,14 +250,25 @@ def structured_shot(method, weights, removed, fraction, curvature, damp_g, damp_
         if kind == "obs" and cache is None:  # too large to keep: a second streamed pass
             cache = {n: rest for n, _, _, _, *rest in layer_inverses(f, weights, damp_g, damp_a,
                                                                      False, device)}
+    updated = None
+    if kind == "obs":
+        updated = {n: (rows & ~killed[n][0], cols & ~killed[n][1])
+                   for n, (rows, cols) in chosen.items()}
+    return apply_structured(weights, removed, chosen, updated, cache, device)
+
+
+def apply_structured(weights, removed, chosen, updated=None, inverses=None, device="cpu"):
+    """(new weights, masks) with the chosen (rows, columns) of every layer removed; the layers
+    in `updated` first get the joint row-then-column OBS update of the (rows, columns) given
+    there, with the inverses (live rows, live cols, Gi, Ai) of `inverses`."""
     new_weights, masks = {}, {}
     for n, W in weights.items():
         rows, cols = chosen[n]
         out = W
-        if kind == "obs":
-            lr, lc, Gi, Ai = cache.pop(n)
+        if updated is not None:
+            lr, lc, Gi, Ai = inverses.pop(n)
             lr, lc = lr.cpu(), lc.cpu()
-            upd_rows, upd_cols = rows & ~killed[n][0], cols & ~killed[n][1]
+            upd_rows, upd_cols = updated[n]
             out = torch.zeros_like(W)
             out[lr.nonzero()[:, :1], lc.nonzero()[:, 0]] = obs_structured_update(
                 W[lr][:, lc].to(device), Gi, Ai, upd_rows[lr].to(device),
@@ -264,6 +277,36 @@ def structured_shot(method, weights, removed, fraction, curvature, damp_g, damp_
         masks[n] = rows[:, None] | cols[None, :] | removed[n]
         new_weights[n] = out.masked_fill(masks[n], 0.0)
     return new_weights, masks
+
+
+def coupled_shot(model, weights, removed, fraction, curvature, damp_g, damp_a, progress=True,
+                 device="cpu"):
+    """Structured LLM Surgeon on coupled units (coupled.py): each unit's cost summed over the
+    layers it touches (full Gi / Ai sub-blocks of its rows / columns), one global pool by cost
+    per parameter, then every layer's joint row-then-column update. Returns (weights, masks)."""
+    groups = coupled_groups(model)
+    layers = decoder_linears(model)
+    params = torch.tensor([group_params(g, layers) for g in groups], dtype=torch.float64)
+    spans = layer_spans(groups)
+    costs = torch.zeros(len(groups), dtype=torch.float64)
+    inverses = {}
+    with open_curvature(curvature) as f:
+        for n, W, A, G, lr, lc, Gi, Ai in layer_inverses(f, weights, damp_g, damp_a, progress,
+                                                         device):
+            inverses[n] = (lr, lc, Gi, Ai)
+            Gt, At = G[lr][:, lr], A[lc][:, lc]
+            if DAMPED_COST_NUMERATORS:
+                Gt, At = obs.damped(Gt, damp_g), obs.damped(At, damp_a)
+            for axis, (ids, sp) in spans.get(n, {}).items():
+                costs[ids] += span_costs(W, Gt, At, Gi, Ai, lr, lc, sp, axis).cpu()
+    zero_rows = {n: (W == 0).all(dim=1) for n, W in weights.items()}
+    zero_cols = {n: (W == 0).all(dim=0) for n, W in weights.items()}
+    gone = torch.tensor([unit_removed(g, zero_rows, zero_cols) for g in groups])
+    costs[gone] = REMOVED
+    total = sum(W.numel() for W in weights.values())
+    chosen = select_units(groups, costs, params, round(fraction * total))
+    removal = unit_masks(groups, chosen, {n: tuple(W.shape) for n, W in weights.items()})
+    return apply_structured(weights, removed, removal, removal, inverses, device)
 
 
 DEAD_SEARCH_STEPS = 16  # bisection steps on the threshold's fraction (probe passes)
@@ -349,14 +392,16 @@ def prune_shot(model, method: str, fraction: float, removed, curvature: Path | N
                progress: bool = True, device: str = "cpu",
                structure: str = "unstructured",
                calibration: torch.Tensor | None = None,
-               sequential: bool = False, nm_schedule: str = "blocks") -> dict[str, torch.Tensor]:
+               sequential: bool = False, nm_schedule: str = "blocks",
+               units: str | None = None) -> dict[str, torch.Tensor]:
     """Prune `model` in place to a cumulative removed `fraction`; returns the masks.
 
     `calibration` (token windows) is read by methods that need gradients (llm-pruner) and by
     `sequential` SparseGPT / Wanda, which take each layer's A from the inputs it sees after
     the layers before it are pruned instead of from the dense curvature file.
     """
-    m = check_method(method, structure, fraction)
+    m = check_method(method, structure, fraction, units)
+    units = units or m.units[0]
     if damp_g is None:
         damp_g = damping_g_default(structure)
     if sequential and method not in SEQUENTIAL_METHODS:
@@ -374,6 +419,9 @@ def prune_shot(model, method: str, fraction: float, removed, curvature: Path | N
         masks = llm_pruner_shot(model, fraction, calibration, device)
         masks = {n: mask | removed[n] for n, mask in masks.items()}
         new_weights = {n: W.masked_fill(masks[n], 0.0) for n, W in weights.items()}
+    elif structure == "structured" and units == "coupled":
+        new_weights, masks = coupled_shot(model, weights, removed, fraction, curvature, damp_g,
+                                          damp_a, progress, device)
     elif structure == "structured":
         probe = None
         if calibration is not None:  # count the coupled structures a removal kills (coupling.py)

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..model_folder import write_model_folder
 from ..data import load_windows
 from ..errors import SurgeonError
+from ..methods import UNITS
 
 def cmd_prune(args):
     from ..masks import load_mask
@@ -33,7 +34,7 @@ def cmd_prune(args):
                        args.damping_g, args.damping_a,
                        device=str(resolve_device(args.device)), structure=args.structure,
                        calibration=windows, sequential=args.sequential,
-                       nm_schedule=args.nm_schedule)
+                       nm_schedule=args.nm_schedule, units=args.units)
     correction = None
     if args.lora_steps > 0:
         correction = _low_rank_correction(model, windows, masks, args)
@@ -44,6 +45,8 @@ def cmd_prune(args):
     config = {k: getattr(args, k) for k in ("method", "structure", "target", "shots", "shot",
                                             "sequential", "nm_schedule", "lora_steps",
                                             "lora_rank", "lora_lr", "lora_windows")}
+    if args.structure == "structured":
+        config["units"] = args.units or METHODS[args.method].units[0]
     update = METHODS[args.method].update  # record only the damping the method reads
     config.update({"damping_g": args.damping_g} if update == "obs" else {})
     config.update({"damping_a": args.damping_a} if update in ("obs", "sweep") else {})
@@ -99,6 +102,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--damping-g", type=float, default=None,
                    help="relative damping of G (default: 0.01 structured, else 0.1)")
     s.add_argument("--damping-a", type=float, default=0.01)
+    s.add_argument("--units", choices=sorted(UNITS), default=None,
+                   help="structured units: coupled (MLP channels, attention groups: what "
+                   "compaction removes) or rows-columns (default: the method's first)")
     s.add_argument("--nm-schedule", choices=["blocks", "elements"], default="blocks",
                    help="2:4 over several shots: whole blocks per shot, or single elements "
                    "(at most two per block) by one global threshold")
