@@ -1,4 +1,4 @@
-"""Structured LLM Surgeon on coupled units: exactly what compaction removes (docs/algorithms.md §8).
+"""Structured LLM Surgeon on coupled units: exactly what compaction removes (docs/algorithms.md §10).
 
 A unit is one coupled group of `llm_pruner.coupled_groups`: an MLP channel (its row of every
 MLP input layer and its column of the MLP output layer) or an attention group (one kv head

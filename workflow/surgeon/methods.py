@@ -34,6 +34,7 @@ UNITS = {
 UPDATES = {
     "obs": "optimal correlated update under G (x) A, damped by damping_g and damping_a",
     "sweep": "SparseGPT's column sweep under A, damped by damping_a",
+    "layer-obs": "layer by layer, OBS under A alone on each group's output layer (SlimGPT)",
     "none": "removed weights are zeroed, the others kept",
 }
 
@@ -46,6 +47,8 @@ METHODS = {
     "wanda": Method(True, "row", ("unstructured", "2:4"), sequential=True),
     "magnitude": Method(False, "layer", STRUCTURES),
     "llm-pruner": Method(False, "layer", ("structured",), units=("coupled",), calibration=True),
+    "slimgpt": Method(False, "layer", ("structured",), update="layer-obs", units=("coupled",),
+                      calibration=True),
 }
 
 

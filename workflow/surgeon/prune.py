@@ -20,6 +20,7 @@ from .llm_pruner import (coupled_groups, group_params, group_scores, llm_pruner_
                          taylor_importance)
 from .models import decoder_linears, set_weight_with_bias, weight_with_bias
 from .selection import select_elements
+from .slimgpt import slimgpt_masks
 from .sparsegpt import sparsegpt_prune
 from .structured import (obs_structured_update, removed_count, structure_costs,
                          structured_threshold)
@@ -359,6 +360,32 @@ def select_counting_dead(row_pools, col_pools, weights, fraction, scope, probe=N
     return removed, killed
 
 
+def slimgpt_shot(model, removed, fraction, windows, damp_a, progress=True, device="cpu"):
+    """SlimGPT-style layer-wise structured OBS (slimgpt.py); sets the weights, returns masks."""
+    if windows is None:
+        raise SurgeonError("slimgpt needs calibration windows (--calibration)")
+    model.to(device)
+    try:
+        chosen = slimgpt_masks(model, fraction,
+                               lambda prune_block: prune_sequentially(model, windows, prune_block,
+                                                                      progress), damp_a)
+    finally:
+        model.to("cpu")
+    masks = element_masks(model, chosen)
+    return {n: mask | removed[n] for n, mask in masks.items()}
+
+
+def element_masks(model, chosen):
+    """Element masks (weight, plus a never-removed bias column) of per-layer (rows, columns)."""
+    masks = {}
+    for n, layer in decoder_linears(model).items():
+        rows, cols = (x.cpu() for x in chosen[n])
+        if layer.bias is not None:  # the bias column is never a removable column
+            cols = torch.cat([cols, torch.zeros(1, dtype=torch.bool)])
+        masks[n] = rows[:, None] | cols[None, :]
+    return masks
+
+
 def llm_pruner_shot(model, fraction, windows, device="cpu"):
     """LLM-Pruner: coupled groups, first-order Taylor importance, uniform per-block counts."""
     if windows is None:
@@ -370,13 +397,7 @@ def llm_pruner_shot(model, fraction, windows, device="cpu"):
         chosen = llm_pruner_masks(model, groups, scores, fraction)
     finally:
         model.to("cpu")
-    masks = {}
-    for n, layer in decoder_linears(model).items():
-        rows, cols = (x.cpu() for x in chosen[n])
-        if layer.bias is not None:  # the bias column is never a removable column
-            cols = torch.cat([cols, torch.zeros(1, dtype=torch.bool)])
-        masks[n] = rows[:, None] | cols[None, :]
-    return masks
+    return element_masks(model, chosen)
 
 
 def check_shapes(name, W, A, G):
@@ -415,7 +436,10 @@ def prune_shot(model, method: str, fraction: float, removed, curvature: Path | N
                                calibration, damp_a, progress, device)
     weights = decoder_weights(model)
     curvature = curvature if m.curvature else None
-    if m.calibration:  # selects by its own gradients on the calibration windows
+    if m.update == "layer-obs":
+        masks = slimgpt_shot(model, removed, fraction, calibration, damp_a, progress, device)
+        new_weights = decoder_weights(model)
+    elif m.calibration:  # selects by its own gradients on the calibration windows
         masks = llm_pruner_shot(model, fraction, calibration, device)
         masks = {n: mask | removed[n] for n, mask in masks.items()}
         new_weights = {n: W.masked_fill(masks[n], 0.0) for n, W in weights.items()}
