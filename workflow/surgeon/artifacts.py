@@ -7,11 +7,14 @@ into place only when complete, so a killed job never leaves something that looks
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +30,51 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+# a write that failed for want of room: the disk, the quota, or the file-size limit (ulimit -f)
+DISK_FULL = {errno.ENOSPC: "", errno.EDQUOT: " (disk quota exceeded)",
+             errno.EFBIG: " (file size limit exceeded)"}
+LOW_SPACE = 1 << 20  # bytes free below which a failed write is taken for a full disk
+
+
+def _disk_full(err: BaseException, folder: Path) -> int | None:
+    """The errno of a full disk behind `err`. h5py, safetensors and torch re-raise it as their
+    own exceptions, with the text only (or, torch, not even that: then the free space tells)."""
+    io_error, seen = isinstance(err, (OSError, RuntimeError)), set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            return err.errno
+        for code in DISK_FULL:
+            if os.strerror(code) in str(err) or f"os error {code})" in str(err):
+                return code
+        err = err.__cause__ or err.__context__
+    if not io_error:  # a bug in the block is not blamed on a nearly full disk
+        return None
+    try:
+        return errno.ENOSPC if shutil.disk_usage(folder).free < LOW_SPACE else None
+    except OSError:
+        return None
+
+
+def _sweep(path: Path) -> None:
+    """Delete the temporaries of earlier writes of `path` whose process is gone (a crash or a
+    full disk killed it): they hold the size of a whole model or curvature file."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _remove_quietly(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, directory: bool = False):
     """Yield a temporary path; on success rename it to `path`, on failure delete it.
@@ -35,15 +83,18 @@ def atomic_path(path: str | os.PathLike, directory: bool = False):
     bytes). The manifest written with the artifact (a folder's manifest.json, or a file's sidecar
     written inside the block) gets the sha256 of what was written, so a later stage can tell
     a truncated or altered artifact from the real one before using it (verify_artifact).
+    A sidecar written in a failed block is deleted with the temporary; a full disk becomes a
+    SurgeonError naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
-    _remove(tmp)
-    if directory:
-        tmp.mkdir()
     sidecar_before = _identity(sidecar(path))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep(path)
+        _remove(tmp)
+        if directory:
+            tmp.mkdir()
         yield tmp
         if directory:
             for f in tmp.rglob("*.safetensors"):
@@ -56,11 +107,45 @@ def atomic_path(path: str | os.PathLike, directory: bool = False):
             None, sidecar_before
         ):
             _record_hashes(sidecar(path), sha256=file_hash(tmp))
-    except BaseException:
-        _remove(tmp)
+        _remove(path)
+        os.replace(tmp, path)
+    except BaseException as err:
+        _remove_quietly(tmp)
+        if not directory and _identity(sidecar(path)) != sidecar_before:
+            _remove_quietly(sidecar(path))  # it describes what was not written
+        code = _disk_full(err, path.parent) if isinstance(err, Exception) else None
+        if code is not None:
+            raise SurgeonError(f"no space left on device writing {path}{DISK_FULL[code]}") from err
         raise
-    _remove(path)
-    os.replace(tmp, path)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail at once, not after hours of computing, when `path` cannot be written: its folder
+    exists or can be made, and a file can be created in it."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        above = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        why = (f"{above} is a file, not a folder" if not above.is_dir()
+               else f"{above} is not writable ({err.strerror or err})")
+        raise SurgeonError(f"cannot write {path}: {why}") from None
+
+
+# options of `surgeon <stage>` that name a file or folder the stage writes
+OUTPUT_OPTIONS = ("out", "loss_out", "calibration_out", "evaluation_out", "checkpoint")
+
+
+def check_outputs(options: dict) -> None:
+    """check_writable for every output a stage was given (OUTPUT_OPTIONS)."""
+    for name in OUTPUT_OPTIONS:
+        value = options.get(name)
+        if isinstance(value, (str, os.PathLike)) and str(value):
+            check_writable(value)
 
 
 def sort_safetensors_header(path: Path) -> None:
@@ -109,6 +194,14 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def _remove_quietly(path: Path) -> None:
+    """_remove on a failure path: a second error must not hide the first."""
+    try:
+        _remove(path)
+    except OSError:
+        pass
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

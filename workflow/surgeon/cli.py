@@ -35,8 +35,9 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        from .artifacts import verify_inputs
+        from .artifacts import check_outputs, verify_inputs
 
+        check_outputs(vars(args))  # an unwritable output stops here, before hours of work
         verify_inputs(vars(args))  # a truncated or altered input stops here, named
         args.func(args)
     except SurgeonError as err:
