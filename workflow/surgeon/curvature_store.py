@@ -15,8 +15,12 @@ FORMAT_VERSION = 1
 
 
 def write_curvature(path: Path, factors: dict, meta: dict, layer_meta: dict) -> None:
-    """Write factors; A matrices identical to an earlier layer's (q/k/v, gate/up) are hard links."""
-    with h5py.File(path, "w") as f:
+    """Write factors; A matrices identical to an earlier layer's (q/k/v, gate/up) are hard links.
+
+    HDF5 writes through a Python file object: its own writer segfaults when closing a file whose
+    write failed (full disk, HDF5 2.0); through Python the failure is an OSError with its errno.
+    """
+    with open(path, "w+b") as raw, h5py.File(raw, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
         for k, v in meta.items():
             f.attrs[k] = str(v) if isinstance(v, str) else v  # str subclasses (TorchVersion)
