@@ -301,7 +301,10 @@ INPUT_OPTIONS = ("model", "curvature", "calibration", "windows", "evaluation", "
                  "teacher")
 
 
-def rebuild_hint(path: str | os.PathLike) -> str:
+def rebuild_hint(path: str | os.PathLike, configfile: str | os.PathLike = "") -> str:
+    if configfile:
+        return (f"rebuild it with `snakemake --forcerun {path} --configfile {configfile}`, "
+                "or delete it and run snakemake again")
     return (f"rebuild it with `snakemake --forcerun {path}` (with the --configfile of the run), "
             "or delete it and run snakemake again")
 

@@ -13,9 +13,10 @@ import sys
 from . import __version__
 from .errors import SurgeonError
 from .stages import (compact, curvature, data, evaluate, figures, prune, quantize, recover,
-                     report, zeroshot)
+                     report, verify, zeroshot)
 
-STAGES = (data, curvature, prune, recover, compact, quantize, evaluate, zeroshot, report, figures)
+STAGES = (data, curvature, prune, recover, compact, quantize, evaluate, zeroshot, report, figures,
+          verify)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,14 +40,14 @@ def main(argv=None) -> int:
 
         check_outputs(vars(args))  # an unwritable output stops here, before hours of work
         verify_inputs(vars(args))  # a truncated or altered input stops here, named
-        args.func(args)
+        status = args.func(args)  # verify returns 1 for a damaged artifact
     except SurgeonError as err:
         print(f"surgeon {args.stage}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `surgeon inspect ... | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":
