@@ -3,14 +3,25 @@
 import re
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
+from surgeon.config_errors import cause, explain, normalise
 from surgeon.methods import METHODS, damping_g_default
 
 min_version("9.0")
 
 
-validate(config, "../schemas/config.schema.yaml", set_default=True)
+for warning in normalise(config):
+    logger.warning(warning)
+try:
+    validate(config, "../schemas/config.schema.yaml", set_default=True)
+except WorkflowError as err:
+    if cause(err) is None:
+        raise
+    # one line: Snakemake's own message prints the whole schema and config
+    raise ValueError(explain(cause(err))) from None
 
 
 wildcard_constraints:
