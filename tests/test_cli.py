@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 
-from conftest import random_windows, tiny_model
+from helpers import random_windows, tiny_model
 from surgeon.curvature import estimate_kfac
 from surgeon.curvature_store import write_curvature
 

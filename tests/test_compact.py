@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import random_windows, tiny_model
+from helpers import random_windows, tiny_model
 from surgeon.compact import compact_model, head_plan, removable_channels
 from surgeon.errors import SurgeonError
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import random_windows, tiny_model
+from helpers import random_windows, tiny_model
 from surgeon.ct_export import export_compressed_tensors
 from surgeon.errors import SurgeonError
 from surgeon.models import decoder_linears

@@ -4,11 +4,10 @@ objective."""
 import pytest
 import torch
 
-from conftest import random_windows, tiny_model
+from helpers import prune_randomly, random_windows, tiny_model
 from surgeon.distill import Objective, kd_loss, kept_mass, teacher_topk
 from surgeon.errors import SurgeonError
 from surgeon.lora import LoraSettings, evaluate_loss, lora_train
-from test_lora import prune_randomly
 
 
 def direct_kl(student, teacher, keep, t):

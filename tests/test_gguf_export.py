@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_windows, tiny_model
+from helpers import random_windows, tiny_model
 from surgeon.curvature import estimate_kfac
 from surgeon.errors import SurgeonError
 from surgeon.gguf_export import export_gguf, gguf_name, pack_blocks, rope_permute

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from test_workflow import REPO, snakemake
+from helpers import REPO, snakemake
 
 PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
 GPU_STAGES = {"estimate_dense_curvature", "estimate_curvature", "estimate_scratch_curvature",

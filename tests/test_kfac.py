@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import random_windows, tiny_model
+from helpers import random_windows, tiny_model
 from surgeon import curvature
 from surgeon.curvature import estimate_kfac
 from surgeon.models import decoder_linears

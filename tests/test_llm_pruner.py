@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import random_windows, tiny_model
+from helpers import random_windows, tiny_model
 from surgeon.errors import SurgeonError
 from surgeon.evaluate import sparsity_stats
 from surgeon.llm_pruner import (

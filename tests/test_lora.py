@@ -4,21 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import random_windows, tiny_model
+from helpers import prune_randomly, random_windows, tiny_model
 from surgeon.errors import SurgeonError
 from surgeon.lora import ADAPTER, _AdapterMask, evaluate_loss, lora_correct
 from surgeon.models import decoder_linears
-
-
-def prune_randomly(model, fraction=0.5, seed=0):
-    """Zero a random fraction of every decoder Linear; the masks (True = removed)."""
-    g = torch.Generator().manual_seed(seed)
-    masks = {}
-    with torch.no_grad():
-        for name, layer in decoder_linears(model).items():
-            masks[name] = torch.rand(layer.weight.shape, generator=g) < fraction
-            layer.weight[masks[name]] = 0
-    return masks
 
 
 def no_peft(model):

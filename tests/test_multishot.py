@@ -2,8 +2,9 @@
 the shot that kills them."""
 
 import torch
-from test_obs import brute_force_removal, setup
 
+from helpers import (brute_force_removal, curvature_file, random_windows, removed_so_far,
+                     setup, tiny_model)
 from surgeon import linalg
 from surgeon.curvature_store import write_curvature
 from surgeon.prune import surgeon_elements
@@ -41,11 +42,9 @@ def test_one_structured_shot_counts_the_structures_its_removals_kill(tmp_path):
     """Every row/column the shot leaves dead (zero input or zero output gradient) is zeroed and
     counted: the removed parameters meet the target within one structure, and a probe of the
     pruned model finds no dead structure that still holds weights."""
-    from conftest import random_windows, tiny_model
     from surgeon.coupling import dead_after_removal
     from surgeon.evaluate import sparsity_stats
     from surgeon.prune import decoder_weights, prune_shot
-    from test_prune import curvature_file, removed_so_far
 
     model = tiny_model("llama", seed=4)
     windows = random_windows(2, 16)

@@ -3,36 +3,8 @@
 import pytest
 import torch
 
+from helpers import D, brute_force_removal, setup, spd
 from surgeon import linalg, obs
-
-D = torch.float64
-
-
-def spd(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, 3 * n, generator=g, dtype=D)
-    return X @ X.T / (3 * n) + 0.1 * torch.eye(n, dtype=D)
-
-
-def brute_force_removal(W, H, remove):
-    """argmin 0.5 dw^T H dw  s.t. (w + dw)_Q = 0, solved as a KKT system on vec(W) row-major."""
-    w = W.reshape(-1)
-    q = torch.nonzero(remove.reshape(-1)).flatten()
-    E = torch.zeros(len(q), w.numel(), dtype=D)
-    E[torch.arange(len(q)), q] = 1.0
-    n, m = w.numel(), len(q)
-    K = torch.zeros(n + m, n + m, dtype=D)
-    K[:n, :n], K[:n, n:], K[n:, :n] = H, E.T, E
-    rhs = torch.cat([torch.zeros(n, dtype=D), -w[q]])
-    dw = torch.linalg.solve(K, rhs)[:n]
-    return (w + dw).reshape(W.shape), 0.5 * dw @ H @ dw
-
-
-def setup(R=5, C=6, seed=0):
-    G, A = spd(R, seed), spd(C, seed + 1)
-    W = torch.randn(R, C, generator=torch.Generator().manual_seed(seed + 2), dtype=D)
-    return W, G, A
-
 
 def test_kronecker_quadratic_form():
     W, G, A = setup()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import random_windows, tiny_model
+from helpers import curvature_file, random_windows, removed_so_far, tiny_model
 from surgeon.evaluate import sparsity_stats
 from surgeon.errors import SurgeonError
 from surgeon.models import decoder_linears
@@ -12,7 +12,6 @@ from surgeon.selection import select_elements
 from surgeon.semi_structured import block_costs, is_nm
 from surgeon.sparsegpt import sparsegpt_prune
 from surgeon.wanda import per_row_mask, wanda_scores
-from test_prune import curvature_file, removed_so_far
 
 
 def correlated_inputs(n=256, c=16, seed=0):

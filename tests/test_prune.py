@@ -3,25 +3,10 @@
 import pytest
 import torch
 
-from conftest import random_windows, tiny_model
-from surgeon.curvature import estimate_kfac, layer_metadata
-from surgeon.curvature_store import write_curvature
+from helpers import curvature_file, random_windows, removed_so_far, tiny_model
 from surgeon.evaluate import sparsity_stats
-from surgeon.masks import load_mask
 from surgeon.prune import decoder_weights, prune_shot
 from surgeon.errors import SurgeonError
-
-
-def curvature_file(model, path, windows):
-    factors, acc = estimate_kfac(model, windows, progress=False)
-    write_curvature(path, factors, {"fisher": "empirical"}, layer_metadata(acc))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return path
-
-
-def removed_so_far(model, tmp_path):
-    return load_mask(tmp_path / "none", decoder_weights(model))
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])

@@ -2,12 +2,11 @@
 
 import torch
 
-from conftest import random_windows, tiny_model
+from helpers import prune_randomly, random_windows, tiny_model
 from surgeon.lora import LoraSettings, lora_train
 from surgeon.models import decoder_linears
 from surgeon.qat import fake_quantize, requantize
 from surgeon.quantize import Grid, rtn_quantize
-from test_lora import prune_randomly
 
 
 def test_fake_quantize_is_the_grid_forward_and_identity_backward():

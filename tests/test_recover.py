@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import random_windows, tiny_model
+from helpers import random_windows, tiny_model
 from surgeon.lora import LoraSettings, lora_train
 from surgeon.models import decoder_linears
 

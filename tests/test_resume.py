@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 
-from test_workflow import REPO, snakemake, tiny_config
+from helpers import REPO, snakemake, tiny_config
 
 WINDOWS, EVERY = 100, 10  # a checkpoint every 10 windows: the kill lands mid-curvature
 TARGETS = ["results/tiny/dense/eval/dense.json", "results/tiny/two-shot/eval/shot-2.json",

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from test_obs import D, brute_force_removal, setup
+from helpers import D, brute_force_removal, setup
 
 from surgeon import linalg
 from surgeon.structured import (

@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from conftest import random_windows, tiny_model
+from helpers import curvature_file, random_windows, removed_so_far, tiny_model
 from surgeon.evaluate import sparsity_stats
 from surgeon.models import decoder_linears
 from surgeon.prune import decoder_weights, prune_shot
 from surgeon.structured import removed_count
-from test_prune import curvature_file, removed_so_far
 
 
 def removed_structures(W):

@@ -2,10 +2,8 @@
 
 import csv
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import pytest
@@ -13,48 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def snakemake(workdir, *args):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(workdir), "--cores", "2", *args]
-    # rules call `surgeon`: the test interpreter's bin folder comes first, as in `make run`
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": path}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
-
-
-def tiny_config(model_dir):
-    return {
-        "model": {"name": "tiny", "source": str(model_dir)},
-        "device": "cpu",
-        "data": {"source": "embedded:pydoc-topics", "seqlen": 32, "calibration_windows": 4,
-                 "max_eval_windows": 8, "seed": 0},
-        "curvature": {"checkpoint_every": 2},
-        "speed": {"prompt_tokens": 8, "new_tokens": 4},
-        # zero-shot of the dense and final models on a few items; wanda-24 opts out
-        "zeroshot": {"tasks": ["surgeon_python", "surgeon_cloze"], "stages": ["dense", "final"],
-                     "limit": 4, "cloze": {"items": 8}},
-        "quantization": {"gptq4": {"method": "gptq", "bits": 4, "group_size": 32},
-                         "rtn3": {"method": "rtn", "bits": 3, "symmetric": False},
-                         "gptq4-qat": {"qat_from": "gptq4", "objective": "mix"}},
-        "recovery": {"windows": 4, "steps": 4, "rank": 2, "lr": 0.001, "grad_accum": 2,
-                     "targets": ["q_proj", "down_proj"], "checkpoint_every": 2},
-        "experiments": {
-            # shot 2 is not kept: its model and curvature are temp files under scratch/
-            "surgeon": {"method": "llm-surgeon", "structure": "unstructured", "target": 0.5,
-                        "shots": 3, "keep_shots": [1],
-                        "quantize": ["gptq4", "gptq4-qat"]},
-            "magnitude": {"method": "magnitude", "structure": "unstructured", "target": 0.5,
-                          "recover": True, "recover_objective": "kd", "quantize": ["rtn3"]},
-            "wanda-24": {"method": "wanda", "structure": "2:4", "target": 0.5,
-                         "zeroshot": False},
-            "structured-lora": {"method": "llm-surgeon", "structure": "structured",
-                                "target": 0.2, "lora_steps": 2, "lora_windows": 2,
-                                "compact": True},
-        },
-    }
+from helpers import REPO, snakemake, tiny_config
 
 
 @pytest.fixture(scope="module")

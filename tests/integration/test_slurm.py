@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_workflow import REPO, tiny_config  # noqa: E402
+from helpers import REPO, tiny_config  # noqa: E402
 
 SLURM_DIR = Path("/etc/slurm")  # the plugin's job steps drop SLURM_CONF: clients read this
 MARKER = "# written by tests/integration/test_slurm.py"

@@ -1,0 +1,153 @@
+"""Plain helpers shared by the test modules (no fixtures: those live in conftest.py).
+
+Tiny random-weight models (Llama and OPT) and a tiny tokenizer, built here: no downloads;
+small OBS problems solved by brute force; and the Snakemake runner with the tiny workflow config
+(.test/config/config.yaml).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+VOCAB = 320
+"""Vocabulary size of the tiny tokenizer and the tiny models."""
+
+REPO = Path(__file__).resolve().parents[1]
+"""The repository root (holds the Snakefile)."""
+
+TINY_CONFIG = REPO / ".test" / "config" / "config.yaml"
+"""The tiny workflow config, with placeholders that tiny_config fills in."""
+
+MODEL_DIR = "<tiny-model-dir>"
+"""Placeholder in TINY_CONFIG for the folder of the tiny model a test saved."""
+
+D = torch.float64
+"""The dtype of the brute-force OBS problems."""
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer of VOCAB tokens trained on Python's pydoc topics."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator([topics[k] for k in sorted(topics)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def tiny_model(arch: str, seed: int = 0):
+    """A 2-layer random-weight Llama or OPT ("llama" or "opt") with hidden size 32, in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    if arch == "llama":
+        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=128, tie_word_embeddings=False)
+        return LlamaForCausalLM(cfg).eval()
+    cfg = OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                    num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=32)
+    return OPTForCausalLM(cfg).eval()
+
+
+def random_windows(n: int, seqlen: int, seed: int = 0) -> torch.Tensor:
+    """`n` windows of `seqlen` random token ids below VOCAB (seeded)."""
+    return torch.randint(0, VOCAB, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def spd(n, seed):
+    """A random, well-conditioned n x n symmetric positive definite float64 matrix."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 3 * n, generator=g, dtype=D)
+    return X @ X.T / (3 * n) + 0.1 * torch.eye(n, dtype=D)
+
+
+def brute_force_removal(W, H, remove):
+    """argmin 0.5 dw^T H dw  s.t. (w + dw)_Q = 0, solved as a KKT system on vec(W) row-major."""
+    w = W.reshape(-1)
+    q = torch.nonzero(remove.reshape(-1)).flatten()
+    E = torch.zeros(len(q), w.numel(), dtype=D)
+    E[torch.arange(len(q)), q] = 1.0
+    n, m = w.numel(), len(q)
+    K = torch.zeros(n + m, n + m, dtype=D)
+    K[:n, :n], K[:n, n:], K[n:, :n] = H, E.T, E
+    rhs = torch.cat([torch.zeros(n, dtype=D), -w[q]])
+    dw = torch.linalg.solve(K, rhs)[:n]
+    return (w + dw).reshape(W.shape), 0.5 * dw @ H @ dw
+
+
+def setup(R=5, C=6, seed=0):
+    """A random R x C float64 weight W with SPD Kronecker factors G (R x R) and A (C x C)."""
+    G, A = spd(R, seed), spd(C, seed + 1)
+    W = torch.randn(R, C, generator=torch.Generator().manual_seed(seed + 2), dtype=D)
+    return W, G, A
+
+
+def prune_randomly(model, fraction=0.5, seed=0):
+    """Zero a random fraction of every decoder Linear; the masks (True = removed)."""
+    from surgeon.models import decoder_linears
+
+    g = torch.Generator().manual_seed(seed)
+    masks = {}
+    with torch.no_grad():
+        for name, layer in decoder_linears(model).items():
+            masks[name] = torch.rand(layer.weight.shape, generator=g) < fraction
+            layer.weight[masks[name]] = 0
+    return masks
+
+
+def curvature_file(model, path, windows):
+    """Estimate the model's K-FAC curvature on `windows`, write it to `path`, freeze the model."""
+    from surgeon.curvature import estimate_kfac, layer_metadata
+    from surgeon.curvature_store import write_curvature
+
+    factors, acc = estimate_kfac(model, windows, progress=False)
+    write_curvature(path, factors, {"fisher": "empirical"}, layer_metadata(acc))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return path
+
+
+def removed_so_far(model, tmp_path):
+    """The removal masks of a model with no saved mask: its decoder weights' exact zeros."""
+    from surgeon.masks import load_mask
+    from surgeon.prune import decoder_weights
+
+    return load_mask(tmp_path / "none", decoder_weights(model))
+
+
+def snakemake(workdir, *args):
+    """Run the repository's Snakefile in `workdir` (2 cores, offline); the CompletedProcess."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--cores", "2", *args]
+    # rules call `surgeon`: the test interpreter's bin folder comes first, as in `make run`
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": path}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+
+
+def _fill(node, values: dict):
+    """`node` with every string equal to a key of `values` replaced by its value (recursive)."""
+    if isinstance(node, dict):
+        return {k: _fill(v, values) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v, values) for v in node]
+    return values.get(node, node) if isinstance(node, str) else node
+
+
+def tiny_config(model_dir):
+    """The tiny workflow config (.test/config/config.yaml) with the model read from `model_dir`."""
+    return _fill(yaml.safe_load(TINY_CONFIG.read_text()), {MODEL_DIR: str(model_dir)})
