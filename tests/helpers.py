@@ -151,3 +151,44 @@ def _fill(node, values: dict):
 def tiny_config(model_dir):
     """The tiny workflow config (.test/config/config.yaml) with the model read from `model_dir`."""
     return _fill(yaml.safe_load(TINY_CONFIG.read_text()), {MODEL_DIR: str(model_dir)})
+
+
+def is_nm(W: torch.Tensor, weight_cols: int, n: int = 2, m: int = 4) -> bool:
+    """True when every block of m weight columns holds at least n zeros."""
+    from surgeon.semi_structured import blocks
+
+    return bool(((blocks(W, weight_cols, m) == 0).sum(-1) >= n).all())
+
+
+def evaluate_loss(model, windows: torch.Tensor, batch_size: int = 1) -> float:
+    """Mean over windows of the mean next-token cross-entropy (the log of `perplexity`)."""
+    import math
+
+    from surgeon.evaluate import perplexity
+
+    return math.log(perplexity(model, windows, batch_size=batch_size, progress=False))
+
+
+def removed_params(model, masks) -> int:
+    """Decoder-Linear parameters zeroed by row/column masks (overlap of a row and column once)."""
+    from surgeon.llm_pruner import _removed
+    from surgeon.models import decoder_linears
+
+    layers = decoder_linears(model)
+    return sum(_removed(int(rows.sum()), int(cols.sum()), layers[name])
+               for name, (rows, cols) in masks.items())
+
+
+def apply_structured_masks(model, masks) -> None:
+    """Zero the removed rows (weights and bias entries) and removed columns, in place."""
+    from surgeon.models import decoder_linears
+
+    layers = decoder_linears(model)
+    with torch.no_grad():
+        for name, (rows, cols) in masks.items():
+            layer = layers[name]
+            rows, cols = rows.to(layer.weight.device), cols.to(layer.weight.device)
+            layer.weight[rows] = 0
+            layer.weight[:, cols] = 0
+            if layer.bias is not None:
+                layer.bias[rows] = 0

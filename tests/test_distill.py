@@ -4,10 +4,10 @@ objective."""
 import pytest
 import torch
 
-from helpers import prune_randomly, random_windows, tiny_model
+from helpers import evaluate_loss, prune_randomly, random_windows, tiny_model
 from surgeon.distill import Objective, kd_loss, kept_mass, teacher_topk
 from surgeon.errors import SurgeonError
-from surgeon.lora import LoraSettings, evaluate_loss, lora_train
+from surgeon.lora import LoraSettings, lora_train
 
 
 def direct_kl(student, teacher, keep, t):

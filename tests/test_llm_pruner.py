@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import random_windows, tiny_model
+from helpers import apply_structured_masks, random_windows, removed_params, tiny_model
 from surgeon.errors import SurgeonError
 from surgeon.evaluate import sparsity_stats
 from surgeon.llm_pruner import (
-    ATTENTION, MLP, apply_structured_masks, coupled_groups, group_masks, group_params,
-    group_scores, llm_pruner_masks, removed_params, taylor_importance, uniform_counts,
+    ATTENTION, MLP, coupled_groups, group_masks, group_params,
+    group_scores, llm_pruner_masks, taylor_importance, uniform_counts,
 )
 from surgeon.models import decoder_linears
 

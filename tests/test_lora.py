@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import prune_randomly, random_windows, tiny_model
+from helpers import evaluate_loss, prune_randomly, random_windows, tiny_model
 from surgeon.errors import SurgeonError
-from surgeon.lora import ADAPTER, _AdapterMask, evaluate_loss, lora_correct
+from surgeon.lora import ADAPTER, _AdapterMask, lora_correct
 from surgeon.models import decoder_linears
 
 

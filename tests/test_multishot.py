@@ -51,7 +51,8 @@ def test_one_structured_shot_counts_the_structures_its_removals_kill(tmp_path):
     path = curvature_file(model, tmp_path / "c.h5", windows)
     total = sparsity_stats(model)["decoder_params"]
     prune_shot(model, "llm-surgeon", 0.3, removed_so_far(model, tmp_path), path, damp_g=0.1,
-               damp_a=0.01, progress=False, structure="structured", calibration=windows)
+               damp_a=0.01, progress=False, structure="structured", calibration=windows,
+               units="rows-columns")
     weights = decoder_weights(model)
     none = {n: (torch.zeros(W.shape[0], dtype=torch.bool),
                 torch.zeros(W.shape[1], dtype=torch.bool)) for n, W in weights.items()}

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from helpers import curvature_file, random_windows, removed_so_far, tiny_model
+from helpers import curvature_file, is_nm, random_windows, removed_so_far, tiny_model
 from surgeon.evaluate import sparsity_stats
 from surgeon.errors import SurgeonError
 from surgeon.models import decoder_linears
 from surgeon.prune import decoder_weights, prune_shot
 from surgeon.selection import select_elements
-from surgeon.semi_structured import block_costs, is_nm
+from surgeon.semi_structured import block_costs
 from surgeon.sparsegpt import sparsegpt_prune
 from surgeon.wanda import per_row_mask, wanda_scores
 

@@ -20,7 +20,8 @@ def test_structured_shot_removes_whole_rows_and_columns(method, tmp_path):
     dense = decoder_weights(model)
     path = curvature_file(model, tmp_path / "c.h5", random_windows(2, 16))
     masks = prune_shot(model, method, 0.2, removed_so_far(model, tmp_path), path,
-                       damp_g=0.01, damp_a=0.01, progress=False, structure="structured")
+                       damp_g=0.01, damp_a=0.01, progress=False, structure="structured",
+                       units="rows-columns")
     total = sum(W.numel() for W in dense.values())
     removed = 0
     for n, W in decoder_weights(model).items():
@@ -57,7 +58,8 @@ def test_a_removed_channel_frees_its_coupled_structures_at_the_next_shot(which, 
     zero_channel(model, block=1, channel=5, which=which)
     path = curvature_file(model, tmp_path / "c.h5", random_windows(2, 16))
     masks = prune_shot(model, "llm-surgeon", 0.02, removed_so_far(model, tmp_path), path,
-                       damp_g=0.01, damp_a=0.01, progress=False, structure="structured")
+                       damp_g=0.01, damp_a=0.01, progress=False, structure="structured",
+                       units="rows-columns")
     layers = decoder_linears(model)
     down = layers["model.layers.1.mlp.down_proj"].weight
     gate, up = (layers[f"model.layers.1.mlp.{p}_proj"].weight for p in ("gate", "up"))

@@ -245,7 +245,7 @@ def test_lint_and_format():
     lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-n"], cwd=REPO,
                           capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    files = [str(REPO / "Snakefile")] + [str(p) for p in (REPO / "workflow/rules").glob("*.smk")]
+    files = [str(REPO / "Snakefile")] + [str(p) for p in (REPO / "workflow/rules").rglob("*.smk")]
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files],
                          capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr

@@ -203,13 +203,6 @@ def group_params(group: Group, layers: dict[str, nn.Linear]) -> int:
                for n in names)
 
 
-def removed_params(model: nn.Module, masks: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> int:
-    """Decoder-Linear parameters zeroed by row/column masks (overlap of a row and column once)."""
-    layers = decoder_linears(model)
-    return sum(_removed(int(rows.sum()), int(cols.sum()), layers[name])
-               for name, (rows, cols) in masks.items())
-
-
 def group_masks(model: nn.Module,
                 groups: list[Group]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(removed_rows, removed_cols) boolean vectors per decoder Linear for a set of groups."""
@@ -284,15 +277,3 @@ def llm_pruner_masks(model: nn.Module, groups: list[Group], scores: torch.Tensor
     return group_masks(model, chosen)
 
 
-def apply_structured_masks(model: nn.Module,
-                           masks: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Zero the removed rows (weights and bias entries) and removed columns, in place."""
-    layers = decoder_linears(model)
-    with torch.no_grad():
-        for name, (rows, cols) in masks.items():
-            layer = layers[name]
-            rows, cols = rows.to(layer.weight.device), cols.to(layer.weight.device)
-            layer.weight[rows] = 0
-            layer.weight[:, cols] = 0
-            if layer.bias is not None:
-                layer.bias[rows] = 0

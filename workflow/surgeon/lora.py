@@ -28,7 +28,6 @@ removed mask M (the caller's mask or W == 0) and adapter delta D = s * B @ A:
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,15 +39,9 @@ from tqdm import tqdm
 from .artifacts import atomic_path
 from .distill import Objective
 from .errors import SurgeonError
-from .evaluate import perplexity
 from .models import decoder_linears
 
 ADAPTER = "default"
-
-
-def evaluate_loss(model, windows: torch.Tensor, batch_size: int = 1) -> float:
-    """Mean over windows of the mean next-token cross-entropy (the log of `perplexity`)."""
-    return math.log(perplexity(model, windows, batch_size=batch_size, progress=False))
 
 
 def _removed_masks(linears: dict, masks: dict, zeros: bool = True) -> dict[str, torch.Tensor]:

@@ -36,6 +36,3 @@ def nm_mask(cost: torch.Tensor, weight_cols: int, chosen: torch.Tensor | None = 
     return mask
 
 
-def is_nm(W: torch.Tensor, weight_cols: int, n: int = 2, m: int = 4) -> bool:
-    """True when every block of m weight columns holds at least n zeros."""
-    return bool(((blocks(W, weight_cols, m) == 0).sum(-1) >= n).all())
