@@ -49,7 +49,8 @@ def cmd_prune(args):
         config["units"] = args.units or METHODS[args.method].units[0]
     update = METHODS[args.method].update  # record only the damping the method reads
     config.update({"damping_g": args.damping_g} if update == "obs" else {})
-    config.update({"damping_a": args.damping_a} if update in ("obs", "sweep") else {})
+    reads_a = update in ("obs", "sweep", "layer-obs")
+    config.update({"damping_a": args.damping_a} if reads_a else {})
     write_model_folder(args.out, model, args.model, masks, "prune", inputs, config, start,
                        earlier_wall=_curvature_wall(args), cumulative_fraction=fraction,
                        low_rank_correction=correction)
