@@ -201,3 +201,17 @@ def test_sequential_mode_differs_from_dense_a_only_in_the_inputs_it_sees(method,
             set_weight_with_bias(layer, W)
     for n, layer in decoder_linears(sequential).items():
         assert torch.allclose(layer.weight, layers[n].weight, atol=1e-5), n
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_damping_a_reaches_sparsegpt(sequential, tmp_path):
+    """SparseGPT's percdamp is the run's damping_a, in both modes (it was silently 0.01)."""
+    windows = random_windows(2, 16, seed=3)
+    out = []
+    for damp_a in (0.01, 10.0):
+        model = tiny_model("llama", seed=2)
+        path = None if sequential else curvature_file(model, tmp_path / f"c{damp_a}.h5", windows)
+        prune_shot(model, "sparsegpt", 0.5, removed_so_far(model, tmp_path), path,
+                   damp_a=damp_a, progress=False, calibration=windows, sequential=sequential)
+        out.append(decoder_weights(model))
+    assert any(not torch.allclose(out[0][n], out[1][n]) for n in out[0])
