@@ -33,24 +33,33 @@ def greedy_column_groups(W: torch.Tensor, H: torch.Tensor, groups: list[torch.Te
     removed = list(gone or [])
 
     def drop(T):
-        M = spd_solve(Hi[T][:, T], Hi[T])  # (Hi_TT)^-1 Hi[T, :]
-        W.sub_(W[:, T] @ M)
-        Hi.sub_(Hi[:, T] @ M)
+        if len(T) == 1:  # rank-one: no solve, no gathers
+            c = int(T[0])
+            M = Hi[c] / Hi[c, c]
+            W.sub_(torch.outer(W[:, c], M))
+            Hi.sub_(torch.outer(Hi[:, c], M))
+        else:
+            M = spd_solve(Hi[T][:, T], Hi[T])  # (Hi_TT)^-1 Hi[T, :]
+            W.sub_(W[:, T] @ M)
+            Hi.sub_(Hi[:, T] @ M)
         W[:, T] = 0.0
 
     for j in removed:
         drop(groups[j])
-    alive = [j for j in range(len(groups)) if j not in set(removed)]
+    alive = torch.ones(len(groups), dtype=torch.bool)
+    alive[removed] = False
     single = all(len(g) == 1 for g in groups)
-    for _ in range(min(k, len(alive))):
-        if single:
-            cols = torch.stack([groups[j][0] for j in alive])
+    cols = torch.stack([g[0] for g in groups]) if single else None
+    for _ in range(min(k, int(alive.sum()))):
+        if single:  # one column per group: the vectorised cost of every group at once
             cost = W[:, cols].square().sum(dim=0) / Hi.diagonal()[cols]
-        else:
-            cost = torch.stack([(W[:, groups[j]] * spd_solve(Hi[groups[j]][:, groups[j]],
-                                                              W[:, groups[j]].T).T).sum()
-                                for j in alive])
-        j = alive.pop(int(cost.argmin()))
+        else:  # removed groups' Hi blocks are zero after the downdates: not solved
+            cost = torch.full((len(groups),), float("inf"), dtype=W.dtype, device=W.device)
+            for j in torch.nonzero(alive).flatten().tolist():
+                g = groups[j]
+                cost[j] = (W[:, g] * spd_solve(Hi[g][:, g], W[:, g].T).T).sum()
+        j = int(cost.masked_fill(~alive.to(cost.device), float("inf")).argmin())
+        alive[j] = False
         drop(groups[j])
         removed.append(j)
     for j in removed:  # the downdated Hi[T, earlier] is zero only up to rounding
