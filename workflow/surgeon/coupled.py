@@ -119,17 +119,3 @@ def select_units(groups: list[Group], costs: torch.Tensor, params: torch.Tensor,
         left[key] -= 1
         total += int(params[i])
     return chosen
-
-
-def unit_masks(groups: list[Group], chosen: torch.Tensor,
-               shapes: dict[str, tuple[int, int]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer boolean (rows, columns) removed by the chosen units."""
-    out = {n: (torch.zeros(R, dtype=torch.bool), torch.zeros(C, dtype=torch.bool))
-           for n, (R, C) in shapes.items()}
-    for g, take in zip(groups, chosen.tolist()):
-        if take:
-            for n, span in g.rows.items():
-                out[n][0][span.start:span.stop] = True
-            for n, span in g.cols.items():
-                out[n][1][span.start:span.stop] = True
-    return out

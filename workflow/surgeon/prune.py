@@ -15,9 +15,9 @@ from .curvature_store import open_curvature, read_factors
 from .errors import SurgeonError
 from .methods import METHODS, check_method, damping_g_default
 from .layerwise import prune_sequentially
-from .coupled import layer_spans, select_units, span_costs, unit_masks, unit_removed
-from .llm_pruner import (coupled_groups, group_params, group_scores, llm_pruner_masks,
-                         taylor_importance)
+from .coupled import layer_spans, select_units, span_costs, unit_removed
+from .llm_pruner import (coupled_groups, group_masks, group_params, group_scores,
+                         llm_pruner_masks, taylor_importance)
 from .models import decoder_linears, set_weight_with_bias, weight_with_bias
 from .selection import select_elements
 from .slimgpt import slimgpt_masks
@@ -306,7 +306,9 @@ def coupled_shot(model, weights, removed, fraction, curvature, damp_g, damp_a, p
     costs[gone] = REMOVED
     total = sum(W.numel() for W in weights.values())
     chosen = select_units(groups, costs, params, round(fraction * total))
-    removal = unit_masks(groups, chosen, {n: tuple(W.shape) for n, W in weights.items()})
+    removal = group_masks(model, [g for g, take in zip(groups, chosen.tolist()) if take])
+    removal = {n: (rows, torch.cat([cols, cols.new_zeros(weights[n].shape[1] - len(cols))]))
+               for n, (rows, cols) in removal.items()}  # a bias column is never removed
     return apply_structured(weights, removed, removal, removal, inverses, device)
 
 
