@@ -156,10 +156,21 @@ def surgeon_elements(weights, removed, curvature: Path, fraction: float, damp_g:
                      structure: str = "unstructured", weight_cols: dict | None = None,
                      nm_schedule: str = "blocks"):
     """LLM Surgeon, unstructured or 2:4: global OBS threshold over element (or block) costs,
-    then row-grouped correlated updates of the chosen elements.
+    then the joint correlated update of each layer. Returns (new weights, masks)."""
+    masks, cache = surgeon_element_masks(weights, removed, curvature, fraction, damp_g, damp_a,
+                                         progress, cache_bytes, device, structure, weight_cols,
+                                         nm_schedule)
+    return surgeon_element_updates(weights, masks, cache, curvature, damp_g, damp_a, progress,
+                                   cg_tol, device), masks
 
-    Inverses from the cost pass are kept for the update pass when they fit in `cache_bytes`.
-    """
+
+def surgeon_element_masks(weights, removed, curvature: Path, fraction: float, damp_g: float,
+                          damp_a: float, progress: bool = True, cache_bytes: float = 6e9,
+                          device: str = "cpu", structure: str = "unstructured",
+                          weight_cols: dict | None = None, nm_schedule: str = "blocks"):
+    """(masks, inverses): the cost pass, 0.5 w^2 / (Gi_rr Ai_cc) per element, and the global
+    threshold. The inverses (live rows, live cols, Gi, Ai) are kept for the update pass when
+    they fit in `cache_bytes`, else None (the update pass recomputes them)."""
     cache = {} if fits_in_cache(weights, cache_bytes) else None
     costs = {}
     with open_curvature(curvature) as f:
@@ -174,43 +185,51 @@ def surgeon_elements(weights, removed, curvature: Path, fraction: float, damp_g:
             costs[n] = cost
             if cache is not None:
                 cache[n] = (lr, lc, Gi, Ai)
-        masks = select_elements(costs, removed, fraction, structure, "global", weight_cols,
-                                nm_schedule)
-        del costs
+    masks = select_elements(costs, removed, fraction, structure, "global", weight_cols,
+                            nm_schedule)
+    return masks, cache
 
-        def update(item):
-            n, (lr, lc, Gi, Ai) = item
-            W = weights[n]
-            ri, ci = torch.nonzero(lr).flatten().cpu(), torch.nonzero(lc).flatten().cpu()
-            # every removed element is a constraint, those of earlier shots too: their w is 0,
-            # so they add no cost, but without them the update would move them off zero
-            Wl = obs.obs_element_prune(W[ri][:, ci].to(device), Gi.float(), Ai.float(),
-                                       masks[n][ri][:, ci].to(device), tol=cg_tol)
-            out = torch.zeros_like(W)
-            out[ri[:, None], ci] = Wl.to("cpu", W.dtype)
-            out[masks[n]] = 0.0
-            return n, out
 
-        bar = tqdm(total=len(weights), desc="updates", disable=not progress)
-        new_weights = {}
-        if cache is not None:
-            # layers are independent: one single-threaded layer per core beats one layer
-            # on all cores (the per-group ops are too small to parallelise well)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with ThreadPoolExecutor(max_workers=threads) as pool:
-                    for n, out in pool.map(update, list(cache.items())):
-                        new_weights[n] = out
-                        bar.update()
-            finally:
-                torch.set_num_threads(threads)
-        else:
+def surgeon_element_updates(weights, masks, cache, curvature: Path, damp_g: float,
+                            damp_a: float, progress: bool = True, cg_tol: float = obs.CG_TOL,
+                            device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The update pass: every layer's joint OBS update removing all of `masks` (earlier shots'
+    zeros included), with the cached inverses or, when `cache` is None, recomputed ones."""
+
+    def update(item):
+        n, (lr, lc, Gi, Ai) = item
+        W = weights[n]
+        ri, ci = torch.nonzero(lr).flatten().cpu(), torch.nonzero(lc).flatten().cpu()
+        # every removed element is a constraint, those of earlier shots too: their w is 0,
+        # so they add no cost, but without them the update would move them off zero
+        Wl = obs.obs_element_prune(W[ri][:, ci].to(device), Gi.float(), Ai.float(),
+                                   masks[n][ri][:, ci].to(device), tol=cg_tol)
+        out = torch.zeros_like(W)
+        out[ri[:, None], ci] = Wl.to("cpu", W.dtype)
+        out[masks[n]] = 0.0
+        return n, out
+
+    bar = tqdm(total=len(weights), desc="updates", disable=not progress)
+    new_weights = {}
+    if cache is not None:
+        # layers are independent: one single-threaded layer per core beats one layer
+        # on all cores (the per-layer products are too small to parallelise well)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for n, out in pool.map(update, list(cache.items())):
+                    new_weights[n] = out
+                    bar.update()
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        with open_curvature(curvature) as f:
             for n, _, _, _, *rest in layer_inverses(f, weights, damp_g, damp_a, False, device):
                 new_weights[n] = update((n, rest))[1]
                 bar.update()
-        bar.close()
-    return new_weights, masks
+    bar.close()
+    return new_weights
 
 
 def structured_shot(method, weights, removed, fraction, curvature, damp_g, damp_a,
