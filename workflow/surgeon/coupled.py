@@ -95,9 +95,9 @@ def unit_removed(group: Group, zero_rows: dict[str, torch.Tensor],
 
 
 def select_units(groups: list[Group], costs: torch.Tensor, params: torch.Tensor,
-                 target: int, keep_one: bool = True) -> torch.Tensor:
+                 n_params: int, keep_one: bool = True) -> torch.Tensor:
     """Boolean mask of the units removed: ascending cost per parameter (REMOVED costs first:
-    earlier shots' units stay removed and count) until the removed parameters reach `target`.
+    earlier shots' units stay removed and count) until the removed parameters reach `n_params`.
 
     With `keep_one`, a block never loses its last attention group or its last MLP channel.
     """
@@ -110,7 +110,7 @@ def select_units(groups: list[Group], costs: torch.Tensor, params: torch.Tensor,
     chosen = torch.zeros(len(groups), dtype=torch.bool)
     total = 0
     for i in order.tolist():
-        if total >= target and density[i] >= 0:
+        if total >= n_params and density[i] >= 0:
             break
         key = (groups[i].block, groups[i].kind)
         if keep_one and left[key] == 1:

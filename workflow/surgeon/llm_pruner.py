@@ -229,10 +229,10 @@ def _by_block_and_kind(groups: list[Group]) -> dict[tuple[int, str], list[int]]:
     return out
 
 
-def uniform_counts(model: nn.Module, groups: list[Group], target_fraction: float) -> dict[str, int]:
+def uniform_counts(model: nn.Module, groups: list[Group], fraction: float) -> dict[str, int]:
     """How many groups of each kind every block removes (the rule in the module docstring)."""
-    if not 0.0 <= target_fraction <= 1.0:
-        raise SurgeonError(f"target fraction must be in [0, 1], got {target_fraction}")
+    if not 0.0 <= fraction <= 1.0:
+        raise SurgeonError(f"target fraction must be in [0, 1], got {fraction}")
     layers = decoder_linears(model)
     by = _by_block_and_kind(groups)
     blocks = sorted({b for b, _ in by})
@@ -244,7 +244,7 @@ def uniform_counts(model: nn.Module, groups: list[Group], target_fraction: float
             raise SurgeonError(f"{kind} groups differ between blocks: no uniform per-block ratio")
         count[kind], size[kind] = len(members[0]), sizes.pop() if sizes else 0
     total = sum(p.numel() for p in _decoder_params(layers))
-    per_block = target_fraction * total / len(blocks)  # this block's share of the target
+    per_block = fraction * total / len(blocks)  # this block's share of the target
     covered = count[MLP] * size[MLP] + count[ATTENTION] * size[ATTENTION]
     ratio = min(per_block / covered, 1.0) if covered else 0.0
     best = None
@@ -261,14 +261,14 @@ def uniform_counts(model: nn.Module, groups: list[Group], target_fraction: float
 
 
 def llm_pruner_masks(model: nn.Module, groups: list[Group], scores: torch.Tensor,
-                     target_fraction: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                     fraction: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Remove, in every block, the lowest-scored uniform_counts() groups of each kind.
 
     Ties go to the lower group index. Returns (removed_rows, removed_cols) per decoder Linear.
     """
     if len(scores) != len(groups):
         raise SurgeonError(f"{len(scores)} scores for {len(groups)} groups")
-    counts = uniform_counts(model, groups, target_fraction)
+    counts = uniform_counts(model, groups, fraction)
     scores = torch.as_tensor(scores, dtype=torch.float64).cpu()
     chosen = []
     for (_, kind), positions in _by_block_and_kind(groups).items():

@@ -340,7 +340,7 @@ def select_counting_dead(row_pools, col_pools, weights, fraction, scope, probe=N
 
     Without a probe the threshold runs once. With one, what the chosen structures kill counts
     too: removed(f) = chosen(f) + dead(chosen(f)) grows with the threshold's fraction f, so a
-    bisection finds the smallest f whose removed count reaches the target.
+    bisection finds the smallest f whose removed count reaches round(fraction * total).
     """
     total = sum(W.numel() for W in weights.values())
 
@@ -363,7 +363,7 @@ def select_counting_dead(row_pools, col_pools, weights, fraction, scope, probe=N
         return sum(removed_count(int(r.sum()), int(c.sum()), len(r), len(c))
                    for r, c in removed.values())
 
-    target = round(fraction * total)
+    n_params = round(fraction * total)
     chosen, removed = removed_at(fraction)
     if count(removed) > count(chosen):  # kills beyond the chosen: move the threshold down
         lo, hi = 0.0, fraction
@@ -371,7 +371,7 @@ def select_counting_dead(row_pools, col_pools, weights, fraction, scope, probe=N
         for _ in range(DEAD_SEARCH_STEPS):
             mid = (lo + hi) / 2
             c_mid, r_mid = removed_at(mid)
-            if count(r_mid) >= target:
+            if count(r_mid) >= n_params:
                 hi, best = mid, (c_mid, r_mid)
             else:
                 lo = mid

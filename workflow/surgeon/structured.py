@@ -82,13 +82,13 @@ def _seen_before_in_layer(flags: torch.Tensor, layer: torch.Tensor, starts: torc
 
 
 def structured_threshold(row_pools: dict[str, torch.Tensor], col_pools: dict[str, torch.Tensor],
-                         target: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                         n_params: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per layer boolean (removed_rows, removed_cols) from ONE pool of all rows and columns.
 
     Structures are taken in ascending cost (ties: layer order of `row_pools`, rows before
     columns, then index); a row adds C - c_current removed parameters, a column R - r_current,
     so a layer ends at r C + c R - r c. The result is the shortest such prefix whose total
-    reaches `target` (everything when it never does), but never shorter than the structures
+    reaches `n_params` removed parameters (everything when it never does), but never shorter than the structures
     with negative cost: callers give already-dead structures cost -1, so they are always kept.
     """
     names = list(row_pools)
@@ -116,7 +116,7 @@ def structured_threshold(row_pools: dict[str, torch.Tensor], col_pools: dict[str
     marginal[by_layer] = torch.where(row_g, C[lay_g] - cols_seen, R[lay_g] - rows_seen)
 
     total = marginal.cumsum(0)  # nondecreasing: every marginal is >= 0
-    take = 0 if target <= 0 else int(torch.searchsorted(total, torch.tensor([target]))) + 1
+    take = 0 if n_params <= 0 else int(torch.searchsorted(total, torch.tensor([n_params]))) + 1
     take = max(min(take, len(order)), int((cost < 0).sum()))
     chosen = torch.zeros(len(order), dtype=torch.bool)
     chosen[order[:take]] = True
