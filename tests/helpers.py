@@ -139,6 +139,15 @@ def snakemake(workdir, *args):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
 
 
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule name -> job count (empty: nothing to do)."""
+    if "Job stats:" not in dry_run_output:
+        return {}
+    table = dry_run_output.split("Job stats:")[1].split("\n\n")[0]
+    rows = (line.split() for line in table.splitlines()[3:])
+    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[1].isdigit()}
+
+
 def _fill(node, values: dict):
     """`node` with every string equal to a key of `values` replaced by its value (recursive)."""
     if isinstance(node, dict):

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from helpers import REPO, snakemake, tiny_config
+from helpers import REPO, job_counts, snakemake, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -249,13 +249,6 @@ def test_lint_and_format():
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files],
                          capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
-
-
-def job_counts(dry_run_output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run: rule name -> job count."""
-    table = dry_run_output.split("Job stats:")[1].split("\n\n")[0]
-    rows = (line.split() for line in table.splitlines()[3:])
-    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[1].isdigit()}
 
 
 def test_paper_schedule_keeps_only_the_size_curve(tmp_path):

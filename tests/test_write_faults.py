@@ -146,6 +146,25 @@ def test_file_size_limit_in_a_real_curvature_run(tmp_path, llama_dir, windows):
     assert not out.exists() and not sidecar(out).exists() and leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
+def test_file_size_limit_while_writing_the_curvature_checkpoint(tmp_path, llama_dir, windows):
+    """torch.save of the running sums fails: one line naming the checkpoint (torch alone says
+    "iostream error"), no checkpoint, temporary or curvature file; without the limit the same
+    command then succeeds."""
+    out, ckpt = tmp_path / "curvature.h5", tmp_path / "curvature.ckpt"
+    args = ["curvature", "--model", str(llama_dir), "--calibration", str(windows),
+            "--out", str(out), "--checkpoint", str(ckpt), "--checkpoint-every", "1",
+            "--device", "cpu"]
+    r = subprocess.run([sys.executable, "-m", "surgeon", *args], capture_output=True, text=True,
+                       preexec_fn=_file_size_limit(8 << 10))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-1] == (f"surgeon curvature: error: no space left on device "
+                                         f"writing {ckpt} (file size limit exceeded)"), r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists() and not ckpt.exists() and leftovers(tmp_path) == []
+    assert cli.main(args) == 0 and out.is_file() and not ckpt.exists()
+
+
 # --- an output that cannot be written fails before any work --------------------------------
 
 STAGE_ARGS = {

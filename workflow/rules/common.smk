@@ -1,5 +1,6 @@
 # Config validation, the experiment table, shot paths and the lists of final outputs, shared
 # by every rule file; the helpers of one stage live at the top of that stage's rule file.
+import glob
 import re
 from pathlib import Path
 
@@ -31,6 +32,11 @@ wildcard_constraints:
 
 
 MODEL = config["model"]["name"]
+# one report folder per config (run_name), so the reports of different configs do not
+# overwrite each other; "" (the default) is results/report itself
+REPORT = str(Path("results/report", config["run_name"]))
+REPORT_LOGS = str(Path("logs/report", config["run_name"]))
+REPORT_BENCHMARKS = str(Path("benchmarks/report", config["run_name"]))
 # which inputs a shot reads, from the package's one registry of methods
 CURVATURE_METHODS = {n for n, m in METHODS.items() if m.curvature}
 CALIBRATION_METHODS = {n for n, m in METHODS.items() if m.calibration}
@@ -88,6 +94,24 @@ def check_qat_sources():
 check_keep_shots()
 check_qat_sources()
 check_units()
+
+
+def source_files(source):
+    """The local files a model or text source is read from, as inputs of the rules that read
+    it: editing one makes Snakemake rerun them (by mtime). Embedded texts and models, hub ids
+    and missing paths give none (the stage names a missing path); a model folder gives its
+    files, hidden ones (download caches) left out."""
+    if not source or source.startswith("embedded:"):
+        return []
+    if any(c in source for c in "*?["):
+        return sorted(glob.glob(source))
+    path = Path(source)
+    if path.is_dir():
+        files = [p.relative_to(path) for p in path.rglob("*") if p.is_file()]
+        return sorted(
+            str(path / f) for f in files if not any(x.startswith(".") for x in f.parts)
+        )
+    return [source] if path.is_file() else []
 
 
 def name_pattern(names):
@@ -233,20 +257,18 @@ def spectra_files():
 
 def report_figures():
     figures = [
-        "results/report/perplexity_vs_sparsity.png",
-        "results/report/perplexity_vs_shots.png",
-        "results/report/layer_sparsity.png",
+        f"{REPORT}/perplexity_vs_sparsity.png",
+        f"{REPORT}/perplexity_vs_shots.png",
+        f"{REPORT}/layer_sparsity.png",
     ]
-    figures += ["results/report/curvature_spectra.png"] if spectra_files() else []
+    figures += [f"{REPORT}/curvature_spectra.png"] if spectra_files() else []
     return figures + (
-        ["results/report/recovery_loss.png"] if recovered_experiments() else []
+        [f"{REPORT}/recovery_loss.png"] if recovered_experiments() else []
     )
 
 
 # made from the benchmark files of every other job, so they come last (figures.smk)
-BENCHMARK_REPORT = [
-    f"results/report/benchmarks.{ext}" for ext in ("csv", "html", "png")
-]
+BENCHMARK_REPORT = [f"{REPORT}/benchmarks.{ext}" for ext in ("csv", "html", "png")]
 
 
 PROJECT_TASKS = Path(workflow.basedir) / "resources" / "tasks"
@@ -278,8 +300,8 @@ def zeroshot_files():
 
 def final_outputs():
     return (
-        ["results/report/summary.csv", "results/report/summary.md"]
-        + ["results/report/summary.html"]
+        [f"{REPORT}/summary.csv", f"{REPORT}/summary.md"]
+        + [f"{REPORT}/summary.html"]
         + eval_files()
         + zeroshot_files()
         + export_files()

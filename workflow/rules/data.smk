@@ -2,6 +2,8 @@
 
 
 rule import_model:
+    input:
+        source=source_files(config["model"]["source"]),
     output:
         directory("results/{model}/dense/model"),
     log:
@@ -22,6 +24,7 @@ rule import_model:
 rule calibrate:
     input:
         model="results/{model}/dense/model",
+        source=source_files(config["data"]["source"]),
     output:
         calibration="results/{model}/data/calibration.safetensors",
         evaluation="results/{model}/data/evaluation.safetensors",
@@ -53,6 +56,7 @@ rule calibrate:
 rule ood_windows:
     input:
         model="results/{model}/dense/model",
+        source=source_files(config["data"]["ood_source"]),
     output:
         "results/{model}/data/ood.safetensors",
     log:

@@ -63,15 +63,15 @@ rule plot_perplexity:
         eval_files(),
     output:
         report(
-            "results/report/perplexity_vs_sparsity.png",
+            f"{REPORT}/perplexity_vs_sparsity.png",
             caption="../report/perplexity_vs_sparsity.rst",
             category="Comparison",
             subcategory="Perplexity",
         ),
     log:
-        "logs/report/plot_perplexity.log",
+        f"{REPORT_LOGS}/plot_perplexity.log",
     benchmark:
-        "benchmarks/report/plot_perplexity.tsv"
+        f"{REPORT_BENCHMARKS}/plot_perplexity.tsv"
     conda:
         "../../envs/surgeon.yaml"
     resources:
@@ -85,15 +85,15 @@ rule plot_shots:
         eval_files(),
     output:
         report(
-            "results/report/perplexity_vs_shots.png",
+            f"{REPORT}/perplexity_vs_shots.png",
             caption="../report/perplexity_vs_shots.rst",
             category="Comparison",
             subcategory="Perplexity",
         ),
     log:
-        "logs/report/plot_shots.log",
+        f"{REPORT_LOGS}/plot_shots.log",
     benchmark:
-        "benchmarks/report/plot_shots.tsv"
+        f"{REPORT_BENCHMARKS}/plot_shots.tsv"
     conda:
         "../../envs/surgeon.yaml"
     resources:
@@ -107,14 +107,14 @@ rule plot_layer_sparsity:
         layer_sparsity_files(),
     output:
         report(
-            "results/report/layer_sparsity.png",
+            f"{REPORT}/layer_sparsity.png",
             caption="../report/layer_sparsity.rst",
             category="Where weights were removed",
         ),
     log:
-        "logs/report/plot_layer_sparsity.log",
+        f"{REPORT_LOGS}/plot_layer_sparsity.log",
     benchmark:
-        "benchmarks/report/plot_layer_sparsity.tsv"
+        f"{REPORT_BENCHMARKS}/plot_layer_sparsity.tsv"
     conda:
         "../../envs/surgeon.yaml"
     resources:
@@ -128,14 +128,14 @@ rule plot_spectra:
         spectra_files(),
     output:
         report(
-            "results/report/curvature_spectra.png",
+            f"{REPORT}/curvature_spectra.png",
             caption="../report/curvature_spectra.rst",
             category="Curvature",
         ),
     log:
-        "logs/report/plot_spectra.log",
+        f"{REPORT_LOGS}/plot_spectra.log",
     benchmark:
-        "benchmarks/report/plot_spectra.tsv"
+        f"{REPORT_BENCHMARKS}/plot_spectra.tsv"
     conda:
         "../../envs/surgeon.yaml"
     resources:
@@ -147,18 +147,18 @@ rule plot_spectra:
 # The comparison table as a page the report shows inline (it offers a CSV only as a download).
 rule summary_table:
     input:
-        "results/report/summary.csv",
+        f"{REPORT}/summary.csv",
     output:
         report(
-            "results/report/summary.html",
+            f"{REPORT}/summary.html",
             caption="../report/summary_table.rst",
             category="Comparison",
             subcategory="Table",
         ),
     log:
-        "logs/report/summary_table.log",
+        f"{REPORT_LOGS}/summary_table.log",
     benchmark:
-        "benchmarks/report/summary_table.tsv"
+        f"{REPORT_BENCHMARKS}/summary_table.tsv"
     conda:
         "../../envs/surgeon.yaml"
     resources:
@@ -178,15 +178,15 @@ rule gather_benchmarks:
         benchmarked_outputs(),
     output:
         report(
-            "results/report/benchmarks.csv",
+            f"{REPORT}/benchmarks.csv",
             caption="../report/benchmarks_table.rst",
             category="Compute",
             subcategory="Table",
         ),
     log:
-        "logs/report/gather_benchmarks.log",
+        f"{REPORT_LOGS}/gather_benchmarks.log",
     benchmark:
-        "benchmarks/report/after/gather_benchmarks.tsv"
+        f"{REPORT_BENCHMARKS}/after/gather_benchmarks.tsv"
     conda:
         "../../envs/surgeon.yaml"
     resources:
@@ -201,36 +201,36 @@ rule gather_benchmarks:
 
 use rule summary_table as benchmarks_table with:
     input:
-        "results/report/benchmarks.csv",
+        f"{REPORT}/benchmarks.csv",
     output:
         report(
-            "results/report/benchmarks.html",
+            f"{REPORT}/benchmarks.html",
             caption="../report/benchmarks_table.rst",
             category="Compute",
             subcategory="Table",
         ),
     log:
-        "logs/report/benchmarks_table.log",
+        f"{REPORT_LOGS}/benchmarks_table.log",
     benchmark:
-        "benchmarks/report/after/benchmarks_table.tsv"
+        f"{REPORT_BENCHMARKS}/after/benchmarks_table.tsv"
     params:
         title="Wall time and peak memory of every job (Snakemake benchmarks)",
 
 
 rule plot_benchmarks:
     input:
-        "results/report/benchmarks.csv",
+        f"{REPORT}/benchmarks.csv",
     output:
         report(
-            "results/report/benchmarks.png",
+            f"{REPORT}/benchmarks.png",
             caption="../report/benchmarks.rst",
             category="Compute",
             subcategory="Per rule",
         ),
     log:
-        "logs/report/plot_benchmarks.log",
+        f"{REPORT_LOGS}/plot_benchmarks.log",
     benchmark:
-        "benchmarks/report/after/plot_benchmarks.tsv"
+        f"{REPORT_BENCHMARKS}/after/plot_benchmarks.tsv"
     conda:
         "../../envs/surgeon.yaml"
     resources:
@@ -244,14 +244,14 @@ rule plot_recovery:
         recovery_losses(),
     output:
         report(
-            "results/report/recovery_loss.png",
+            f"{REPORT}/recovery_loss.png",
             caption="../report/recovery_loss.rst",
             category="Recovery",
         ),
     log:
-        "logs/plot_recovery.log",
+        f"{REPORT_LOGS}/plot_recovery.log",
     benchmark:
-        "benchmarks/report/plot_recovery.tsv"
+        f"{REPORT_BENCHMARKS}/plot_recovery.tsv"
     conda:
         "../../envs/surgeon.yaml"
     resources:

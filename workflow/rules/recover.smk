@@ -4,6 +4,7 @@
 rule recovery_windows:
     input:
         model="results/{model}/dense/model",
+        source=source_files(recovery_source()),
     output:
         "results/{model}/data/recovery.safetensors",
     log:

@@ -8,16 +8,16 @@ rule report:
         figures=report_figures(),
     output:
         csv=report(
-            "results/report/summary.csv",
+            f"{REPORT}/summary.csv",
             caption="../report/summary_csv.rst",
             category="Comparison",
             subcategory="Table",
         ),
-        md="results/report/summary.md",
+        md=f"{REPORT}/summary.md",
     log:
-        "logs/report.log",
+        f"{REPORT_LOGS}/report.log",
     benchmark:
-        "benchmarks/report.tsv"
+        f"{REPORT_BENCHMARKS}/report.tsv"
     conda:
         "../../envs/surgeon.yaml"
     resources:

@@ -4,6 +4,8 @@
 
 
 rule build_cloze_task:
+    input:
+        source=source_files(config["data"]["source"]),
     output:
         directory("results/{model}/data/cloze"),
     log:

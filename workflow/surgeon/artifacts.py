@@ -119,6 +119,16 @@ def atomic_path(path: str | os.PathLike, directory: bool = False):
         raise
 
 
+def torch_save(obj, path: str | os.PathLike) -> None:
+    """torch.save through a Python file object. Given a path, torch's C++ writer reports a full
+    disk as "iostream error" without the errno; through a file object the OSError stays in the
+    exception chain, so atomic_path turns it into its one-line full-disk error."""
+    import torch
+
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """Fail at once, not after hours of computing, when `path` cannot be written: its folder
     exists or can be made, and a file can be created in it."""

@@ -19,13 +19,29 @@ STAGES = (data, curvature, prune, recover, compact, quantize, evaluate, zeroshot
           verify)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Ends every option's help with its default, where there is one to show: not for a
+    required option, a flag, or a help text that already says what the default is."""
+
+    def _get_help_string(self, action):
+        text, default = action.help or "", action.default
+        if (action.required or default is None or default is argparse.SUPPRESS
+                or action.nargs == 0 or "default" in text):
+            return text
+        return f"{text} (default: {'none' if default in ('', []) else '%(default)s'})"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="surgeon", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="surgeon", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--version", action="version", version=f"surgeon {__version__}")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0 = torch's own choice)")
     sub = p.add_subparsers(dest="stage", required=True)
     for stage in STAGES:
         stage.add_parsers(sub)
+    for stage_parser in sub.choices.values():
+        stage_parser.formatter_class = HelpFormatter
     return p
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .artifacts import atomic_path
+from .artifacts import atomic_path, torch_save
 from .models import decoder_linears
 
 
@@ -146,7 +146,7 @@ def estimate_kfac(
         print(f"curvature: resuming from window {acc.windows_done} of {n} ({checkpoint})",
               flush=True)
     bar = tqdm(total=n, initial=acc.windows_done, desc="curvature", unit="win", disable=not progress)
-    with acc:
+    with acc, bar:  # the bar is closed on failure too, so an error is the last line printed
         while acc.windows_done < n:
             start = acc.windows_done
             batch = windows[start : start + batch_size].to(device)
@@ -160,8 +160,7 @@ def estimate_kfac(
                 acc.windows_done % checkpoint_every == 0 and acc.windows_done < n
             ):
                 with atomic_path(checkpoint) as tmp:
-                    torch.save({**acc.state(), "fingerprint": fingerprint}, tmp)
-    bar.close()
+                    torch_save({**acc.state(), "fingerprint": fingerprint}, tmp)
     if progress:
         print(f"curvature: {processed} of {n} windows processed in this run", flush=True)
     return acc.factors(), acc

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .artifacts import atomic_path
+from .artifacts import atomic_path, torch_save
 from .distill import Objective
 from .errors import SurgeonError
 from .models import decoder_linears
@@ -185,7 +185,7 @@ class Checkpoint:
                  "adapters": {n: p.detach().cpu() for n, p in params.items()},
                  "optimizer": optimizer.state_dict()}
         with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+            torch_save(state, tmp)
 
 
 def _targeted(linears: dict, targets) -> dict:

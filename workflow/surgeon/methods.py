@@ -52,6 +52,9 @@ METHODS = {
 }
 
 
+DAMPING_A_DEFAULT = 0.01  # relative damping of A (the schema's default too)
+
+
 def damping_g_default(structure: str) -> float:
     """Relative damping of G when an experiment sets none (docs/algorithms.md §1)."""
     return 0.01 if structure == "structured" else 0.1

@@ -15,10 +15,11 @@ def recovery_losses():
 
 def benchmark_dirs():
     """Benchmark folders of this run: the model's, the dense model's, this config's
-    experiments' and the report figures' (those of experiments no longer configured are not).
+    experiments' and this run's report figures' (not those of experiments no longer
+    configured, nor of another run_name's report).
     """
     model = f"benchmarks/{MODEL}"
-    dirs = [model, f"{model}/dense", "benchmarks/report"]
+    dirs = [model, f"{model}/dense", REPORT_BENCHMARKS]
     return dirs + [f"{model}/{name}" for name in config["experiments"]]
 
 

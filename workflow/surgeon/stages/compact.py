@@ -32,8 +32,8 @@ def cmd_compact(args):
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("compact", help="structured Llama -> smaller model without its zeroed units")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help="structured pruned model folder")
     s.add_argument("--check-windows", default="",
                    help="windows file: record max |logit difference| on its first window")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="model folder to write")
     s.set_defaults(func=cmd_compact)

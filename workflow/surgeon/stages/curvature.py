@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -41,34 +42,45 @@ def cmd_curvature(args):
 
 
 def cmd_inspect(args):
-    from ..inspect_curvature import curvature_table, format_rows
+    from ..inspect_curvature import curvature_table, format_rows, run_damping
 
-    rows = curvature_table(args.curvature, args.damping_g, args.damping_a)
+    flags = {"damping_g": args.damping_g, "damping_a": args.damping_a}
+    damping, notes = run_damping(args.curvature, flags)
+    rows = curvature_table(args.curvature, damping["damping_g"], damping["damping_a"])
     print(format_rows(rows, args.format))
     bad = [r for r in rows if r["check"] != "ok"]
     if bad:
         raise SurgeonError(f"{len(bad)} layers have impossible factors (first {bad[0]['layer']}: "
                            f"{bad[0]['check']}): {args.curvature} is damaged; rebuild it with "
                            f"snakemake --forcerun {args.curvature}")
+    # on stderr, so that the csv and json on stdout stay plain data
+    print("damping of the cond_damped columns: " + "; ".join(notes), file=sys.stderr)
 
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("curvature", help="K-FAC factors of every decoder Linear -> curvature.h5")
-    s.add_argument("--model", required=True)
-    s.add_argument("--calibration", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--fisher", choices=["empirical", "sampled"], default="empirical")
-    s.add_argument("--batch-size", type=int, default=1)
-    s.add_argument("--checkpoint", default="")
-    s.add_argument("--checkpoint-every", type=int, default=8)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
+    s.add_argument("--model", required=True, help="model folder whose curvature is estimated")
+    s.add_argument("--calibration", required=True, help="calibration windows file")
+    s.add_argument("--out", required=True, help="curvature .h5 file to write")
+    s.add_argument("--fisher", choices=["empirical", "sampled"], default="empirical",
+                   help="labels of the gradients: the text's (empirical) or drawn from the model")
+    s.add_argument("--batch-size", type=int, default=1, help="windows per forward/backward pass")
+    s.add_argument("--checkpoint", default="",
+                   help="file of running sums a killed job resumes from")
+    s.add_argument("--checkpoint-every", type=int, default=8,
+                   help="windows between two checkpoint writes")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampled Fisher's labels")
+    s.add_argument("--device", default="auto", help="where the model runs (auto: CUDA if present)")
     s.set_defaults(func=cmd_curvature)
 
     s = sub.add_parser("inspect", help="per-layer audit table of a curvature.h5")
-    s.add_argument("curvature")
-    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    s.add_argument("--damping-g", type=float, default=0.1,
-                   help="relative damping of G for the condition numbers shown")
-    s.add_argument("--damping-a", type=float, default=0.01)
+    s.add_argument("curvature", help="curvature .h5 file to audit")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="aligned text, or CSV / JSON for scripts")
+    s.add_argument("--damping-g", type=float, default=None,
+                   help="relative damping of G for the condition numbers shown (default: what "
+                        "the prune shots that read the file recorded, else 0.1)")
+    s.add_argument("--damping-a", type=float, default=None,
+                   help="relative damping of A for the condition numbers shown (default: what "
+                        "the prune shots that read the file recorded, else 0.01)")
     s.set_defaults(func=cmd_inspect)

@@ -90,38 +90,42 @@ def cmd_ood_windows(args):
 def _text_window_arguments(s) -> None:
     """Options shared by the stages that cut token windows from a text source."""
     s.add_argument("--model", required=True, help="model folder (for its tokenizer)")
-    s.add_argument("--source", required=True)
-    s.add_argument("--seqlen", type=int, required=True)
-    s.add_argument("--windows", type=int, required=True)
-    s.add_argument("--evaluation-fraction", type=float, default=0.2)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--source", required=True,
+                   help="embedded:NAME, a .txt/.jsonl file or glob, or a hub data set")
+    s.add_argument("--seqlen", type=int, required=True, help="tokens per window")
+    s.add_argument("--windows", type=int, required=True, help="windows to draw from the calibration split")
+    s.add_argument("--evaluation-fraction", type=float, default=0.2,
+                   help="last share of the text kept for evaluation, never calibrated on")
+    s.add_argument("--seed", type=int, default=0, help="seed of the window draw")
 
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("import-model", help="hub id / folder / .gguf / embedded:NAME -> HF folder")
-    s.add_argument("--source", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--source", required=True,
+                   help="hub id, local HF folder, .gguf file, or embedded:NAME")
+    s.add_argument("--out", required=True, help="model folder to write")
     s.set_defaults(func=cmd_import_model)
 
     s = sub.add_parser("calibrate", help="text -> calibration and evaluation token windows")
     _text_window_arguments(s)
-    s.add_argument("--max-eval-windows", type=int, default=0)
-    s.add_argument("--calibration-out", required=True)
-    s.add_argument("--evaluation-out", required=True)
+    s.add_argument("--max-eval-windows", type=int, default=0,
+                   help="evaluation windows kept (0 = every window of the evaluation text)")
+    s.add_argument("--calibration-out", required=True, help="calibration windows file to write")
+    s.add_argument("--evaluation-out", required=True, help="evaluation windows file to write")
     s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("windows", help="token windows from the calibration split of a text")
     _text_window_arguments(s)
     s.add_argument("--setting", default="--windows", help="config key named in errors")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="windows file to write")
     s.set_defaults(func=cmd_windows)
 
     s = sub.add_parser("ood-windows", help="token windows of an out-of-domain text (ppl_ood)")
     s.add_argument("--model", required=True, help="model folder (for its tokenizer)")
     s.add_argument("--source", required=True,
                    help="embedded:common-licenses, a .txt/.jsonl file or glob, or a hub data set")
-    s.add_argument("--seqlen", type=int, required=True)
+    s.add_argument("--seqlen", type=int, required=True, help="tokens per window")
     s.add_argument("--windows", type=int, required=True, help="at most this many windows")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0, help="seed of the window draw")
+    s.add_argument("--out", required=True, help="windows file to write")
     s.set_defaults(func=cmd_ood_windows)

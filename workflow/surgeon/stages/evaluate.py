@@ -61,21 +61,22 @@ def cmd_evaluate(args):
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("evaluate", help="perplexity, sparsity, size -> eval JSON")
-    s.add_argument("--model", required=True)
-    s.add_argument("--evaluation", required=True)
+    s.add_argument("--model", required=True, help="model folder to evaluate")
+    s.add_argument("--evaluation", required=True, help="evaluation windows file")
     s.add_argument("--ood", default="", help="windows of an out-of-domain text: adds ppl_ood")
-    s.add_argument("--out", required=True)
-    s.add_argument("--model-name", default="model")
-    s.add_argument("--experiment", default="dense")
+    s.add_argument("--out", required=True, help="eval JSON to write")
+    s.add_argument("--model-name", default="model", help="model name recorded (for the report)")
+    s.add_argument("--experiment", default="dense", help="experiment recorded (for the report)")
     s.add_argument("--stage", dest="eval_stage", default="",
                    help="dense, shot-K, recovered or compact (default: shot-K of the prune shot "
                    "the model's manifests lead to, or dense)")
-    s.add_argument("--speed-prompt-tokens", type=int, default=64)
+    s.add_argument("--speed-prompt-tokens", type=int, default=64,
+                   help="prompt length of the tokens/s measurement")
     s.add_argument("--speed-new-tokens", type=int, default=0,
                    help="also measure greedy tokens/s generating this many tokens (0 = skip)")
     s.add_argument("--exports", nargs="*", default=[],
                    help="exported files/folders of a quantized model (.gguf, compressed-tensors)"
                    " whose sizes are recorded")
-    s.add_argument("--batch-size", type=int, default=1)
-    s.add_argument("--device", default="auto")
+    s.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    s.add_argument("--device", default="auto", help="where the model runs (auto: CUDA if present)")
     s.set_defaults(func=cmd_evaluate)

@@ -116,19 +116,19 @@ def add_plot_parser(sub, name, help, inputs, inputs_help, func) -> None:
     """`surgeon <name> --<inputs> FILE... --out PNG`: the shape of every figure command."""
     s = sub.add_parser(name, help=help)
     s.add_argument(f"--{inputs}", nargs="+", required=True, help=inputs_help)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="PNG to write")
     s.set_defaults(func=func)
 
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("spectra", help="eigenvalues of A and G of a few layers of a curvature.h5")
-    s.add_argument("--curvature", required=True)
-    s.add_argument("--out", required=True, help="JSON")
+    s.add_argument("--curvature", required=True, help="curvature .h5 file")
+    s.add_argument("--out", required=True, help="spectra JSON to write")
     s.set_defaults(func=cmd_spectra)
 
     s = sub.add_parser("layer-sparsity", help="zeros per decoder Linear of a model -> TSV")
-    s.add_argument("--model", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--model", required=True, help="model folder")
+    s.add_argument("--out", required=True, help="TSV to write")
     s.set_defaults(func=cmd_layer_sparsity)
 
     for name, against, func in (("plot-perplexity", "sparsity", cmd_plot_perplexity),
@@ -146,16 +146,16 @@ def add_parsers(sub) -> None:
     s.add_argument("--root", default="benchmarks", help="folder the job names are relative to")
     s.add_argument("--dirs", nargs="*", default=[], help="folders whose *.tsv are read")
     s.add_argument("--files", nargs="*", default=[], help="single benchmark files")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="CSV to write")
     s.set_defaults(func=cmd_gather_benchmarks)
 
     s = sub.add_parser("plot-benchmarks", help="benchmarks.csv -> wall time / memory PNG")
-    s.add_argument("--csv", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--csv", required=True, help="benchmarks.csv of gather-benchmarks")
+    s.add_argument("--out", required=True, help="PNG to write")
     s.set_defaults(func=cmd_plot_benchmarks)
 
     s = sub.add_parser("html-table", help="CSV -> standalone HTML table (report view)")
-    s.add_argument("--csv", required=True)
-    s.add_argument("--title", default="")
-    s.add_argument("--out", required=True)
+    s.add_argument("--csv", required=True, help="CSV to show")
+    s.add_argument("--title", default="", help="page title")
+    s.add_argument("--out", required=True, help="HTML file to write")
     s.set_defaults(func=cmd_html_table)

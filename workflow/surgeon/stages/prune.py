@@ -9,11 +9,11 @@ from pathlib import Path
 from ..model_folder import write_model_folder
 from ..data import load_windows
 from ..errors import SurgeonError
-from ..methods import UNITS
+from ..methods import DAMPING_A_DEFAULT, METHODS, UNITS
 
 def cmd_prune(args):
     from ..masks import load_mask
-    from ..methods import METHODS, damping_g_default
+    from ..methods import damping_g_default
     from ..models import load_model, resolve_device
     from ..prune import decoder_weights, prune_shot
     from ..threshold import linear_schedule
@@ -86,23 +86,28 @@ def _curvature_wall(args) -> float:
 def add_parsers(sub) -> None:
     s = sub.add_parser("prune", help="one pruning shot -> model folder with mask")
     s.add_argument("--model", required=True, help="model of the previous shot")
-    s.add_argument("--method", required=True)
-    s.add_argument("--structure", default="unstructured")
-    s.add_argument("--target", type=float, required=True)
-    s.add_argument("--shots", type=int, default=1)
-    s.add_argument("--shot", type=int, default=1)
-    s.add_argument("--curvature", default="")
+    s.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    s.add_argument("--structure", default="unstructured", help="unstructured, 2:4 or structured")
+    s.add_argument("--target", type=float, required=True,
+                   help="share of decoder-Linear parameters removed after the last shot, [0, 1)")
+    s.add_argument("--shots", type=int, default=1, help="shots that reach the target")
+    s.add_argument("--shot", type=int, default=1,
+                   help="this shot (1..shots): it removes target * shot / shots in all")
+    s.add_argument("--curvature", default="",
+                   help="curvature .h5 of --model, for the methods that read it")
     s.add_argument("--calibration", default="",
                    help="token windows (llm-pruner gradients, low-rank correction)")
     s.add_argument("--lora-steps", type=int, default=0,
                    help="masked LoRA steps after the shot, merged (0 = no correction)")
-    s.add_argument("--lora-rank", type=int, default=8)
-    s.add_argument("--lora-lr", type=float, default=1e-4)
-    s.add_argument("--lora-windows", type=int, default=8)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--lora-rank", type=int, default=8, help="rank of the correction's adapters")
+    s.add_argument("--lora-lr", type=float, default=1e-4, help="learning rate of the correction")
+    s.add_argument("--lora-windows", type=int, default=8,
+                   help="calibration windows the correction trains on")
+    s.add_argument("--seed", type=int, default=0, help="seed of the correction")
     s.add_argument("--damping-g", type=float, default=None,
                    help="relative damping of G (default: 0.01 structured, else 0.1)")
-    s.add_argument("--damping-a", type=float, default=0.01)
+    s.add_argument("--damping-a", type=float, default=DAMPING_A_DEFAULT,
+                   help="relative damping of A (LLM Surgeon, SparseGPT, SlimGPT-style)")
     s.add_argument("--units", choices=sorted(UNITS), default=None,
                    help="structured units: coupled (MLP channels, attention groups: what "
                    "compaction removes) or rows-columns (default: the method's first)")
@@ -113,5 +118,5 @@ def add_parsers(sub) -> None:
                    help="sparsegpt/wanda: layer by layer on the outputs of the pruned layers "
                    "before (needs --calibration), instead of the dense curvature's A")
     s.add_argument("--device", default="auto", help="where the maths runs (auto: CUDA if present)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="model folder to write (with its mask)")
     s.set_defaults(func=cmd_prune)

@@ -88,20 +88,21 @@ def cmd_export_compressed_tensors(args):
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("quantize", help="RTN or GPTQ of every decoder Linear -> model folder")
-    s.add_argument("--model", required=True)
-    s.add_argument("--method", choices=["rtn", "gptq"], required=True)
+    s.add_argument("--model", required=True, help="model folder to quantize")
+    s.add_argument("--method", choices=["rtn", "gptq"], required=True,
+                   help="round to nearest, or GPTQ (error feedback through H)")
     s.add_argument("--curvature", default="", help="curvature.h5 of this model (gptq: its A)")
-    s.add_argument("--bits", type=int, default=4)
-    s.add_argument("--group-size", type=int, default=32)
+    s.add_argument("--bits", type=int, default=4, help="bits per weight code")
+    s.add_argument("--group-size", type=int, default=32, help="weights sharing one scale")
     s.add_argument("--asymmetric", action="store_true", help="zero point per group")
     s.add_argument("--damp", type=float, default=0.01, help="GPTQ: relative damping of H")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--out", required=True)
+    s.add_argument("--device", default="auto", help="where the maths runs (auto: CUDA if present)")
+    s.add_argument("--out", required=True, help="model folder to write")
     s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("export-gguf", help="quantized Llama (Q4_0/Q8_0 grid) -> .gguf file")
     s.add_argument("--model", required=True, help="folder written by the quantize stage")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help=".gguf file to write")
     s.set_defaults(func=cmd_export_gguf)
 
     s = sub.add_parser("export-compressed-tensors",
@@ -109,5 +110,5 @@ def add_parsers(sub) -> None:
     s.add_argument("--model", required=True, help="folder written by the quantize stage")
     s.add_argument("--structure", default="unstructured",
                    help="2:4 adds compressed-tensors' 2:4 sparsity metadata")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="compressed-tensors folder to write")
     s.set_defaults(func=cmd_export_compressed_tensors)

@@ -146,25 +146,28 @@ def _lora_arguments(s):
 
     d = LoraSettings()
     s.add_argument("--windows", required=True, help="token windows to train on")
-    s.add_argument("--rank", type=int, default=d.rank)
-    s.add_argument("--alpha", type=float, default=d.alpha)
+    s.add_argument("--rank", type=int, default=d.rank, help="rank of the LoRA adapters")
+    s.add_argument("--alpha", type=float, default=d.alpha,
+                   help="LoRA scale numerator (the update is alpha / rank * B A)")
     s.add_argument("--targets", default="all",
                    help="comma-separated module names (q_proj,...) or all decoder Linears")
-    s.add_argument("--steps", type=int, default=d.steps)
-    s.add_argument("--lr", type=float, default=d.lr)
-    s.add_argument("--batch-size", type=int, default=d.batch_size)
-    s.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    s.add_argument("--seed", type=int, default=d.seed)
+    s.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    s.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    s.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per batch")
+    s.add_argument("--grad-accum", type=int, default=d.grad_accum,
+                   help="batches accumulated into one optimizer step")
+    s.add_argument("--seed", type=int, default=d.seed, help="seed of adapters and window order")
     s.add_argument("--objective", choices=["lm", "kd", "mix"], default="lm",
                    help="next-token loss, distillation from --teacher, or a weighted mix")
     s.add_argument("--teacher", default="", help="top-k teacher logits of --windows")
     s.add_argument("--kd-weight", type=float, default=0.5, help="weight of KD in `mix`")
     s.add_argument("--temperature", type=float, default=1.0, help="KD temperature")
     s.add_argument("--checkpoint", default="", help="resumable state (deleted when done)")
-    s.add_argument("--checkpoint-every", type=int, default=10)
-    s.add_argument("--device", default="auto")
+    s.add_argument("--checkpoint-every", type=int, default=10,
+                   help="optimizer steps between two checkpoint writes")
+    s.add_argument("--device", default="auto", help="where training runs (auto: CUDA if present)")
     s.add_argument("--loss-out", required=True, help="loss per optimizer step (TSV)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="model folder to write")
 
 
 def add_parsers(sub) -> None:
@@ -182,9 +185,9 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("teacher-logits", help="top-k next-token logits of a teacher model on "
                        "token windows (the distillation cache)")
     s.add_argument("--model", required=True, help="teacher model folder (the dense model)")
-    s.add_argument("--windows", required=True)
-    s.add_argument("--top-k", type=int, default=64)
-    s.add_argument("--batch-size", type=int, default=1)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--out", required=True)
+    s.add_argument("--windows", required=True, help="token windows to score (those the students train on)")
+    s.add_argument("--top-k", type=int, default=64, help="logits kept per position")
+    s.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    s.add_argument("--device", default="auto", help="where the teacher runs (auto: CUDA if present)")
+    s.add_argument("--out", required=True, help="logits file to write")
     s.set_defaults(func=cmd_teacher_logits)

@@ -34,9 +34,9 @@ def cmd_plot_losses(args):
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("report", help="eval JSONs -> summary.csv + summary.md")
-    s.add_argument("--evals", nargs="+", required=True)
-    s.add_argument("--csv", required=True)
-    s.add_argument("--md", required=True)
+    s.add_argument("--evals", nargs="+", required=True, help="eval JSONs, one row each")
+    s.add_argument("--csv", required=True, help="summary CSV to write")
+    s.add_argument("--md", required=True, help="summary Markdown to write")
     s.add_argument("--figures", nargs="*", default=[], help="PNGs beside the .md to show in it")
     s.add_argument("--zeroshot", nargs="*", default=[],
                    help="zero-shot JSONs: their average and per-task accuracy become columns")

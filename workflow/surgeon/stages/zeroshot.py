@@ -68,26 +68,29 @@ def cmd_zeroshot(args):
 def add_parsers(sub) -> None:
     s = sub.add_parser("cloze-task", help="last-word task from the evaluation text -> folder")
     s.add_argument("--source", required=True, help="text source (as data.source)")
-    s.add_argument("--evaluation-fraction", type=float, default=0.2)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--evaluation-fraction", type=float, default=0.2,
+                   help="last share of the text the passages come from (as data.*)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the passage draw")
     s.add_argument("--items", type=int, default=100, help="passages (at most one a paragraph)")
     s.add_argument("--min-word-length", type=int, default=4, help="letters of the last word")
-    s.add_argument("--min-context-words", type=int, default=15)
-    s.add_argument("--max-context-words", type=int, default=60)
+    s.add_argument("--min-context-words", type=int, default=15,
+                   help="words before the last word, at least")
+    s.add_argument("--max-context-words", type=int, default=60,
+                   help="words before the last word, at most")
     s.add_argument("--out", required=True, help="folder: surgeon_cloze.yaml + .jsonl")
     s.set_defaults(func=cmd_cloze_task)
 
     s = sub.add_parser("zeroshot", help="lm-eval zero-shot accuracy of a model folder -> JSON")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help="model folder to score")
     s.add_argument("--tasks", required=True, help="comma-separated task names")
     s.add_argument("--include", nargs="*", default=[],
                    help="folders of task YAMLs (resources/tasks, the cloze task folder)")
     s.add_argument("--limit", type=int, default=0, help="items per task (0 = all)")
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--out", required=True)
-    s.add_argument("--model-name", default="model")
-    s.add_argument("--experiment", default="dense")
+    s.add_argument("--batch-size", type=int, default=16, help="requests per forward pass")
+    s.add_argument("--device", default="auto", help="where the model runs (auto: CUDA if present)")
+    s.add_argument("--out", required=True, help="zero-shot JSON to write")
+    s.add_argument("--model-name", default="model", help="model name recorded (for the report)")
+    s.add_argument("--experiment", default="dense", help="experiment recorded (for the report)")
     s.add_argument("--stage", dest="model_stage", default="dense",
                    help="dense, shot-K, recovered, compact, quantized-NAME (for the report)")
     s.set_defaults(func=cmd_zeroshot)
