@@ -178,3 +178,22 @@ def test_slimgpt_prunes_uniform_coupled_groups_that_compaction_removes(tmp_path)
                                             for g in coupled_groups(model))
     _, summary = compact_model(model)
     assert summary["zero_weights_left"] == 0
+
+
+def test_slimgpt_removes_the_given_per_block_counts():
+    """block_counts (LLM Surgeon's allocation, scripts/structured_allocation.py) replace the
+    uniform counts block by block; a block and kind it does not name loses nothing."""
+    from surgeon.layerwise import prune_sequentially
+    from surgeon.slimgpt import slimgpt_masks
+
+    model = tiny_model("llama", seed=9)
+    windows = random_windows(3, 16, seed=4)
+    counts = {(0, MLP): 3, (1, MLP): 1, (1, ATTENTION): 1}
+    slimgpt_masks(model, 0.25, lambda prune_block: prune_sequentially(model, windows,
+                                                                      prune_block, False),
+                  block_counts=counts)
+    for b, layer in enumerate(model.model.layers):
+        assert int((layer.mlp.down_proj.weight == 0).all(dim=0).sum()) == counts.get((b, MLP), 0)
+    kv = model.model.layers[1].self_attn.k_proj.weight
+    assert int((kv == 0).all(dim=1).sum()) == model.config.head_dim
+    assert not (model.model.layers[0].self_attn.k_proj.weight == 0).all(dim=1).any()

@@ -301,9 +301,22 @@ def apply_structured(weights, removed, chosen, updated=None, inverses=None, devi
 
 def coupled_shot(model, weights, removed, fraction, curvature, damp_g, damp_a, progress=True,
                  device="cpu"):
-    """Structured LLM Surgeon on coupled units (coupled.py): each unit's cost summed over the
-    layers it touches (full Gi / Ai sub-blocks of its rows / columns), one global pool by cost
-    per parameter, then every layer's joint row-then-column update. Returns (weights, masks)."""
+    """Structured LLM Surgeon on coupled units (coupled.py): the global selection of
+    coupled_selection, then every layer's joint row-then-column update. Returns (weights, masks)."""
+    groups, chosen, inverses = coupled_selection(model, weights, fraction, curvature, damp_g,
+                                                 damp_a, progress, device)
+    removal = group_masks(model, [g for g, take in zip(groups, chosen.tolist()) if take])
+    removal = {n: (rows, torch.cat([cols, cols.new_zeros(weights[n].shape[1] - len(cols))]))
+               for n, (rows, cols) in removal.items()}  # a bias column is never removed
+    return apply_structured(weights, removed, removal, removal, inverses, device)
+
+
+def coupled_selection(model, weights, fraction, curvature, damp_g, damp_a, progress=True,
+                      device="cpu"):
+    """(groups, chosen, inverses): each coupled unit's cost summed over the layers it touches
+    (full Gi / Ai sub-blocks of its rows / columns), one global pool by cost per parameter;
+    `chosen` marks the units removed at the cumulative `fraction` (earlier shots' included),
+    `inverses` the (live rows, live cols, Gi, Ai) of every layer for the update."""
     groups = coupled_groups(model)
     layers = decoder_linears(model)
     params = torch.tensor([group_params(g, layers) for g in groups], dtype=torch.float64)
@@ -324,11 +337,7 @@ def coupled_shot(model, weights, removed, fraction, curvature, damp_g, damp_a, p
     gone = torch.tensor([unit_removed(g, zero_rows, zero_cols) for g in groups])
     costs[gone] = REMOVED
     total = sum(W.numel() for W in weights.values())
-    chosen = select_units(groups, costs, params, round(fraction * total))
-    removal = group_masks(model, [g for g, take in zip(groups, chosen.tolist()) if take])
-    removal = {n: (rows, torch.cat([cols, cols.new_zeros(weights[n].shape[1] - len(cols))]))
-               for n, (rows, cols) in removal.items()}  # a bias column is never removed
-    return apply_structured(weights, removed, removal, removal, inverses, device)
+    return groups, select_units(groups, costs, params, round(fraction * total)), inverses
 
 
 DEAD_SEARCH_STEPS = 16  # bisection steps on the threshold's fraction (probe passes)

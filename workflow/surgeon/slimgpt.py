@@ -89,21 +89,26 @@ def slimgpt_block(block_groups, layers, factors, counts, damp):
     return chosen
 
 
-def slimgpt_masks(model, fraction: float, prune_all_blocks, damp: float = 0.01):
+def slimgpt_masks(model, fraction: float, prune_all_blocks, damp: float = 0.01,
+                  block_counts: dict | None = None):
     """Run SlimGPT over the model block by block; (removed_rows, removed_cols) per Linear.
 
     `prune_all_blocks(prune_block)` drives the sequential pass (layerwise.prune_sequentially
     with the calibration windows bound) and calls prune_block(factors) once per block.
+    `block_counts` {(block, kind): groups to remove} replaces LLM-Pruner's uniform counts
+    (scripts/structured_allocation.py gives it LLM Surgeon's global allocation).
     """
     from .models import decoder_linears
 
     groups = coupled_groups(model)
-    counts = uniform_counts(model, groups, fraction)
+    uniform = uniform_counts(model, groups, fraction)
     layers = decoder_linears(model)
     chosen = []
 
     def prune_block(factors):
         block_groups = [g for g in groups if set(g.cols) <= set(factors)]
+        counts = uniform if block_counts is None else {
+            g.kind: block_counts.get((g.block, g.kind), 0) for g in block_groups}
         chosen.extend(slimgpt_block(block_groups, layers, factors, counts, damp))
         masks = group_masks(model, chosen)
         with torch.no_grad():  # the chosen groups' input-layer rows go without an update
