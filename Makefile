@@ -1,4 +1,5 @@
-# Two commands: `make run` (the embedded default compression) and `make test`.
+# `make run` (the embedded default compression), `make smoke` (the whole chain on a few short
+# windows, a check that every stage works here) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 CORES ?= 2
 
-.PHONY: install run test test-fast clean
+.PHONY: install run smoke test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,14 @@ run: install
 		--report results/report/report.html
 	@echo "Results table: results/report/summary.md"
 	@echo "HTML report (figures, tables, benchmarks): results/report/report.html"
+
+# config/presets/smoke.yaml: every stage on a few short windows (its own model name and report)
+smoke: install
+	PATH="$(abspath $(BIN)):$$PATH" snakemake --cores $(CORES) --configfile config/presets/smoke.yaml
+	PATH="$(abspath $(BIN)):$$PATH" snakemake --configfile config/presets/smoke.yaml \
+		--report results/report/smoke/report.html
+	@echo "Results table: results/report/smoke/summary.md"
+	@echo "HTML report: results/report/smoke/report.html"
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q tests

@@ -53,7 +53,7 @@ def check_report_run(run: Path, report_call) -> None:
     jobs = {(b["rule"], b["job"]) for b in bench}
     for shot in (1, 2, 3):
         assert ("prune_shot", f"tiny/surgeon/shot-{shot}") in jobs
-    assert {("estimate_curvature", "tiny/dense"), ("report", ""),
+    assert {("estimate_curvature", "tiny/dense"), ("report", "report"),
             ("layer_sparsity", "tiny/wanda-24"), ("plot_spectra", "report"),
             ("curvature_spectra", "tiny/surgeon/shot-2")} <= jobs
     assert not {b["rule"] for b in bench} & {"gather_benchmarks", "plot_benchmarks",

@@ -265,3 +265,20 @@ def test_paper_schedule_keeps_only_the_size_curve(tmp_path):
         assert f"llm-surgeon-structured-schedule/shot-{shot}/model" in r.stdout
     assert "llm-surgeon-structured-schedule/shot-7/" not in r.stdout
     assert "sparsegpt" not in r.stdout
+
+
+def test_smoke_preset_plans_every_stage(tmp_path):
+    """`make smoke` (config/presets/smoke.yaml) validates and plans the whole chain under its
+    own model name and report folder, apart from the default run's results."""
+    preset = REPO / "config/presets/smoke.yaml"
+    r = snakemake(tmp_path, "--configfile", str(preset), "-n", "--nolock")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = job_counts(r.stdout)
+    for rule in ("import_model", "calibrate", "ood_windows", "estimate_dense_curvature",
+                 "estimate_curvature", "prune_shot", "recovery_windows", "recover", "quantize",
+                 "export_gguf", "evaluate", "zeroshot", "report"):
+        assert jobs.get(rule, 0) >= 1, rule
+    assert jobs["prune_shot"] == 3  # LLM Surgeon's 2 shots and one peer
+    assert "results/smollm2-135m-smoke/llm-surgeon-unstructured-50/shot-2/model" in r.stdout
+    assert "results/report/smoke/summary.md" in r.stdout
+    assert "results/smollm2-135m/" not in r.stdout and "results/report/summary" not in r.stdout

@@ -1,22 +1,27 @@
-"""A full disk or an unwritable output (issue 17): one line naming the path, a non-zero exit,
-and nothing half-written left behind."""
+"""A full disk, too little free space or an unwritable output (issue 17): one line naming the
+path, a non-zero exit, and nothing half-written left behind."""
 
 import errno
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import h5py
 import pytest
 
 from helpers import random_windows, tiny_model
 from surgeon import cli
 from surgeon.artifacts import atomic_path, check_writable, sidecar, write_json
+from surgeon.curvature_store import curvature_bytes
 from surgeon.data import save_windows
 from surgeon.errors import SurgeonError
 from surgeon.model_folder import write_model_folder
+from surgeon.models import decoder_linears
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -217,3 +222,63 @@ def test_read_only_folder_is_refused(tmp_path):
 def test_writable_output_passes_and_leaves_no_probe(tmp_path):
     check_writable(tmp_path / "new" / "deeper" / "curvature.h5")
     assert (tmp_path / "new" / "deeper").is_dir() and leftovers(tmp_path) == []
+
+
+# --- too little free space for what a stage will write: it stops before computing ----------
+
+def free_space(monkeypatch, free: int) -> None:
+    """Every filesystem reports `free` bytes free."""
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=free))
+
+
+def must_not_run(*args, **kwargs):
+    raise AssertionError("the stage went on although the disk cannot hold its output")
+
+
+def stored_bytes(h5: Path) -> int:
+    """Bytes of the datasets of an .h5 file; visititems visits a hard-linked one (a shared A)
+    once."""
+    sizes = []
+    with h5py.File(h5, "r") as f:
+        f.visititems(lambda name, obj: sizes.append(obj.nbytes)
+                     if isinstance(obj, h5py.Dataset) else None)
+    return sum(sizes)
+
+
+def test_curvature_stage_stops_before_any_window_without_space(tmp_path, llama_dir, windows,
+                                                               monkeypatch, capsys):
+    """The .h5 and the checkpoint of running sums, sized from the model's shapes, do not fit:
+    one line with both sizes, exit 2, nothing written; with the space there the same command
+    writes a file of exactly the factors' size."""
+    factors = curvature_bytes(decoder_linears(tiny_model("llama")))
+    free_space(monkeypatch, factors)  # room for the .h5, not for the checkpoint beside it
+    monkeypatch.setattr("surgeon.stages.curvature.load_windows", must_not_run)
+    out, ckpt = tmp_path / "dense" / "curvature.h5", tmp_path / "dense" / "curvature.ckpt"
+    args = ["curvature", "--model", str(llama_dir), "--calibration", str(windows),
+            "--out", str(out), "--checkpoint", str(ckpt), "--checkpoint-every", "1",
+            "--device", "cpu"]
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"surgeon curvature: error: not enough free space for {out}: needs about "
+        f"{2 * factors / 1e9:.3g} GB, {factors / 1e9:.3g} GB free")
+    assert list(out.parent.iterdir()) == [] and leftovers(tmp_path) == []
+    monkeypatch.undo()
+    assert cli.main(args) == 0 and not ckpt.exists()
+    assert stored_bytes(out) == factors
+
+
+def test_prune_shot_stops_before_loading_the_model_without_space(tmp_path, llama_dir,
+                                                                 monkeypatch, capsys):
+    """A shot writes its input folder again with a one-byte-per-weight mask."""
+    folder = sum(f.stat().st_size for f in llama_dir.rglob("*") if f.is_file())
+    mask = sum(layer.weight.numel() for layer in decoder_linears(tiny_model("llama")).values())
+    free_space(monkeypatch, 1000)
+    monkeypatch.setattr("surgeon.models.load_model", must_not_run)
+    out = tmp_path / "shot-1" / "model"
+    rc = cli.main(["prune", "--model", str(llama_dir), "--method", "magnitude",
+                   "--target", "0.5", "--out", str(out)])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == (
+        f"surgeon prune: error: not enough free space for {out}: needs about "
+        f"{(folder + mask) / 1e9:.3g} GB, 1e-06 GB free")
+    assert list(out.parent.iterdir()) == [] and leftovers(tmp_path) == []

@@ -146,6 +146,18 @@ def check_writable(path: str | os.PathLike) -> None:
         raise SurgeonError(f"cannot write {path}: {why}") from None
 
 
+def check_free_space(path: str | os.PathLike, needed: int) -> None:
+    """Fail before a long stage starts, not when its last write finds the disk full: `needed`
+    (bytes the stage will write, sized from the model's shapes) against the free space of the
+    filesystem `path` goes to."""
+    folder = Path(path).parent
+    folder = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise SurgeonError(f"not enough free space for {path}: needs about {needed / 1e9:.3g} "
+                           f"GB, {free / 1e9:.3g} GB free")
+
+
 # options of `surgeon <stage>` that name a file or folder the stage writes
 OUTPUT_OPTIONS = ("out", "loss_out", "calibration_out", "evaluation_out", "checkpoint")
 

@@ -14,6 +14,23 @@ from .errors import SurgeonError
 FORMAT_VERSION = 1
 
 
+# decoder Linears that read the input of a sibling (Llama, OPT): their A is that sibling's
+SAME_INPUT = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}
+
+
+def curvature_bytes(layers: dict) -> int:
+    """Bytes of the float32 A and G that write_curvature stores for these decoder Linears
+    (name -> nn.Linear, shapes only: a meta-device model will do), A once per input: the
+    estimate finds the shared inputs at run time, here they are known by name (SAME_INPUT)."""
+    total = 0
+    for name, layer in layers.items():
+        parent, _, local = name.rpartition(".")
+        shared = f"{parent}.{SAME_INPUT.get(local)}" in layers
+        c = layer.in_features + (layer.bias is not None)
+        total += 4 * (layer.out_features**2 + (0 if shared else c * c))
+    return total
+
+
 def write_curvature(path: Path, factors: dict, meta: dict, layer_meta: dict) -> None:
     """Write factors; A matrices identical to an earlier layer's (q/k/v, gate/up) are hard links.
 

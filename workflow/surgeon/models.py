@@ -92,20 +92,42 @@ def load_source(source: str):
         ) from None
 
 
+def _require_config(model_dir: str | Path) -> Path:
+    """`model_dir` as a Path, or the error naming it when it holds no config.json."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise SurgeonError(f"not a model folder (no config.json): {model_dir}")
+    return model_dir
+
+
 def load_model(model_dir: str | Path, device: torch.device | str = "cpu"):
     """A model folder written by `import-model` (or any HF safetensors folder), in eval mode."""
     from transformers import AutoModelForCausalLM
 
     from . import compact_llama  # noqa: F401  registers compacted models with the Auto classes
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise SurgeonError(f"not a model folder (no config.json): {model_dir}")
+    model_dir = _require_config(model_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     except Exception as err:  # corrupt or truncated weights
         raise SurgeonError(f"cannot load model from {model_dir}: {err}".splitlines()[0]) from None
     return model.to(device).eval()
+
+
+def model_skeleton(model_dir: str | Path):
+    """The model of a folder on the meta device: its layer shapes in about a second, with no
+    weights read or memory allocated, so a stage can size what it will write before it runs."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from . import compact_llama  # noqa: F401  registers compacted models with the Auto classes
+
+    model_dir = _require_config(model_dir)
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except Exception as err:  # unreadable config.json
+        raise SurgeonError(f"cannot load model from {model_dir}: {err}".splitlines()[0]) from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def load_tokenizer(model_dir: str | Path):

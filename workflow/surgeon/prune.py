@@ -130,9 +130,11 @@ def layer_factors(f, weights, device: str = "cpu"):
         yield n, W, A, G, ~dead_r, ~dead_c
 
 
-def fits_in_cache(weights, cache_bytes: float) -> bool:
-    """Whether the float64 inverses Gi, Ai of every layer fit in `cache_bytes`."""
-    return sum(8 * (W.shape[0] ** 2 + W.shape[1] ** 2) for W in weights.values()) <= cache_bytes
+def fits_in_cache(weights, cache_bytes: float, itemsize: int = 8) -> bool:
+    """Whether the inverses Gi, Ai of every layer (`itemsize` bytes per entry) fit in
+    `cache_bytes`."""
+    return sum(itemsize * (W.shape[0] ** 2 + W.shape[1] ** 2)
+               for W in weights.values()) <= cache_bytes
 
 
 def layer_inverses(f, weights, damp_g: float, damp_a: float, progress: bool = True,
@@ -170,9 +172,10 @@ def surgeon_element_masks(weights, removed, curvature: Path, fraction: float, da
                           weight_cols: dict | None = None, nm_schedule: str = "blocks"):
     """(masks, inverses): the cost pass, 0.5 w^2 / (Gi_rr Ai_cc) per element, and the global
     threshold. The inverses (live rows, live cols, Gi, Ai) are kept for the update pass when
-    they fit in `cache_bytes`, else None (the update pass recomputes them)."""
-    cache = {} if fits_in_cache(weights, cache_bytes) else None
-    costs = {}
+    they fit in `cache_bytes`, else None (the update pass recomputes them). They are kept in
+    float32, the update's precision: half the memory of the float64 factors."""
+    cache = {} if fits_in_cache(weights, cache_bytes, itemsize=4) else None
+    costs, last_a = {}, (None, None)
     with open_curvature(curvature) as f:
         for n, W, _, _, lr, lc, Gi, Ai in layer_inverses(f, weights, damp_g, damp_a, progress,
                                                          device):
@@ -184,7 +187,9 @@ def surgeon_element_masks(weights, removed, curvature: Path, fraction: float, da
             cost[removed[n]] = REMOVED
             costs[n] = cost
             if cache is not None:
-                cache[n] = (lr, lc, Gi, Ai)
+                if Ai is not last_a[0]:  # an Ai shared by q/k/v (gate/up) is converted once
+                    last_a = (Ai, Ai.float())
+                cache[n] = (lr, lc, Gi.float(), last_a[1])
     masks = select_elements(costs, removed, fraction, structure, "global", weight_cols,
                             nm_schedule)
     return masks, cache

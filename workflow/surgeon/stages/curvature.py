@@ -12,18 +12,21 @@ from ..errors import SurgeonError
 def cmd_curvature(args):
     import torch
 
-    from ..artifacts import atomic_path, manifest, tree_hash, write_json, sidecar
+    from ..artifacts import atomic_path, check_free_space, manifest, tree_hash, write_json, sidecar
     from ..curvature import estimate_kfac, layer_metadata
-    from ..curvature_store import write_curvature
-    from ..models import load_model, resolve_device
+    from ..curvature_store import curvature_bytes, write_curvature
+    from ..models import decoder_linears, load_model, model_skeleton, resolve_device
 
     start = time.time()
+    ckpt = Path(args.checkpoint) if args.checkpoint else None
+    # sized from the model's shapes, before any window is run
+    layers = decoder_linears(model_skeleton(args.model))
+    check_free_space(args.out, _peak_bytes(curvature_bytes(layers), ckpt))
     windows, wmeta = load_windows(args.calibration)
     device = resolve_device(args.device)
     model = load_model(args.model, device)
     model_hash, data_hash = tree_hash(args.model), tree_hash(args.calibration)
     fingerprint = f"{model_hash}:{data_hash}:{args.fisher}:{args.batch_size}:{args.seed}"
-    ckpt = Path(args.checkpoint) if args.checkpoint else None
     factors, acc = estimate_kfac(model, windows, args.fisher, args.batch_size, ckpt,
                                  args.checkpoint_every, fingerprint, args.seed)
     layer_meta = layer_metadata(acc, fisher=args.fisher, dtype="float32", damping=0.0)
@@ -39,6 +42,15 @@ def cmd_curvature(args):
         write_json(sidecar(args.out), {**info, "wall_time_s": round(time.time() - start, 3)})
     if ckpt is not None and ckpt.exists():
         ckpt.unlink()
+
+
+def _peak_bytes(factors: int, ckpt: Path | None) -> int:
+    """Disk the stage needs at its peak: the .h5 written while the checkpoint of running sums
+    (float32 too, as large again) is still there; a checkpoint already on disk (a resumed job)
+    holds its share."""
+    if ckpt is None:
+        return factors
+    return 2 * factors - (ckpt.stat().st_size if ckpt.is_file() else 0)
 
 
 def cmd_inspect(args):
