@@ -217,8 +217,8 @@ def surgeon_element_updates(weights, masks, cache, curvature: Path, damp_g: floa
     bar = tqdm(total=len(weights), desc="updates", disable=not progress)
     new_weights = {}
     if cache is not None:
-        # layers are independent: one single-threaded layer per core beats one layer
-        # on all cores (the per-layer products are too small to parallelise well)
+        # layers are independent: one single-threaded layer per core (about 20% faster than
+        # one layer on all cores with the earlier per-row solver; not re-measured with CG)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
