@@ -48,17 +48,18 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
 
 
-def tiny_model(arch: str, seed: int = 0):
-    """A 2-layer random-weight Llama or OPT ("llama" or "opt") with hidden size 32, in eval mode."""
+def tiny_model(arch: str, seed: int = 0, layers: int = 2):
+    """A random-weight Llama or OPT ("llama" or "opt") of `layers` blocks, hidden size 32, in
+    eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
     torch.manual_seed(seed)
     if arch == "llama":
         cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                           max_position_embeddings=128, tie_word_embeddings=False)
         return LlamaForCausalLM(cfg).eval()
-    cfg = OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+    cfg = OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=layers,
                     num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=32)
     return OPTForCausalLM(cfg).eval()
 

@@ -101,3 +101,70 @@ def test_interrupted_estimation_resumes_from_checkpoint(tmp_path, monkeypatch):
     estimate_kfac(tiny_model("opt"), windows, checkpoint=ckpt, fingerprint="other",
                   progress=False)
     assert calls["n"] == 6
+
+
+@pytest.mark.parametrize("arch,fisher", [("llama", "empirical"), ("opt", "sampled")])
+def test_multi_pass_estimate_equals_one_pass_bit_for_bit(arch, fisher):
+    windows = random_windows(3, 16)
+    one, run1 = estimate_kfac(tiny_model(arch), windows, fisher=fisher, progress=False)
+    layers = decoder_linears(tiny_model(arch))
+    per_block = curvature.curvature_bytes({n: m for n, m in layers.items() if ".0." in n})
+    passes = curvature.factor_passes(layers, per_block)
+    assert len(passes) == 2 and all(curvature.block_of(n) == curvature.block_of(p[0])
+                                    for p in passes for n in p)
+    multi, run2 = estimate_kfac(tiny_model(arch), windows, fisher=fisher, progress=False,
+                                max_factor_bytes=per_block)
+    assert run2.passes == 2 and run1.passes == 1 and list(multi) == list(one)
+    for n in one:
+        assert torch.equal(one[n][0], multi[n][0]) and torch.equal(one[n][1], multi[n][1]), n
+        assert run1.tokens[n] == run2.tokens[n]
+
+
+def test_multi_pass_accumulates_only_its_own_blocks(monkeypatch):
+    """Each pass's accumulator holds one block's factors: the device never holds them all."""
+    sizes = []
+    real_init = curvature.KFACAccumulator.__init__
+
+    def spy(self, layers, device):
+        real_init(self, layers, device)
+        sizes.append(sorted({curvature.block_of(n) for n in layers}))
+
+    monkeypatch.setattr(curvature.KFACAccumulator, "__init__", spy)
+    model = tiny_model("llama")
+    one_block = curvature.curvature_bytes(
+        {n: m for n, m in decoder_linears(model).items() if ".1." in n})
+    estimate_kfac(model, random_windows(2, 8), progress=False, max_factor_bytes=one_block)
+    assert sizes == [["model.layers.0"], ["model.layers.1"]]
+    with pytest.raises(curvature.SurgeonError, match="do not fit"):
+        estimate_kfac(model, random_windows(2, 8), progress=False, max_factor_bytes=one_block // 2)
+
+
+def test_multi_pass_estimate_resumes_inside_its_second_pass(tmp_path, monkeypatch):
+    windows = random_windows(4, 16)
+    model_factors = decoder_linears(tiny_model("opt"))
+    budget = curvature.curvature_bytes({n: m for n, m in model_factors.items() if ".0." in n})
+    full, _ = estimate_kfac(tiny_model("opt"), windows, progress=False)
+    ckpt = tmp_path / "kfac.ckpt"
+    calls = {"n": 0, "die_at": 7}  # pass 1: calls 1-4; pass 2 dies on its third window
+    real_loss = curvature.window_loss
+
+    def dying_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["die_at"]:
+            raise Killed("killed")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(curvature, "window_loss", dying_loss)
+    with pytest.raises(Killed):
+        estimate_kfac(tiny_model("opt"), windows, checkpoint=ckpt, checkpoint_every=2,
+                      fingerprint="f", progress=False, max_factor_bytes=budget)
+    state = torch.load(ckpt, weights_only=False)
+    assert (state["pass"], state["windows_done"]) == (1, 2)
+    assert curvature.finished_passes_file(ckpt).is_file()
+    calls["n"], calls["die_at"] = 0, None
+    resumed, run = estimate_kfac(tiny_model("opt"), windows, checkpoint=ckpt, checkpoint_every=2,
+                                 fingerprint="f", progress=False, max_factor_bytes=budget)
+    assert calls["n"] == 2  # the first pass and half the second were not redone
+    for n in full:
+        assert torch.equal(full[n][0], resumed[n][0]) and torch.equal(full[n][1], resumed[n][1])
+        assert run.tokens[n] == 4 * 16

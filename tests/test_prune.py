@@ -90,3 +90,35 @@ def test_streamed_inverses_give_the_same_result_as_cached(tmp_path):
     for n in cached:
         assert torch.equal(m1[n], m2[n])
         assert torch.allclose(cached[n], streamed[n], atol=1e-6)
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "structured"])
+def test_streamed_prune_holds_the_factors_of_at_most_two_layers(tmp_path, monkeypatch,
+                                                                 structure):
+    """Without the inverse cache the prune stage's factor memory does not grow with depth:
+    the factors read from curvature.h5 are released before the next layer's are read."""
+    import weakref
+
+    from surgeon import prune as prune_module
+    from surgeon.curvature_store import read_factors
+
+    def most_alive(layers):
+        model = tiny_model("llama", seed=3, layers=layers)
+        path = curvature_file(model, tmp_path / f"c{layers}.h5", random_windows(2, 16))
+        alive, most = [], [0]
+
+        def spy(f, name):
+            alive[:] = [r for r in alive if r() is not None]
+            most[0] = max(most[0], len(alive))
+            A, G = read_factors(f, name)
+            alive.extend([weakref.ref(A), weakref.ref(G)])
+            return A, G
+
+        monkeypatch.setattr(prune_module, "read_factors", spy)
+        prune_shot(model, "llm-surgeon", 0.3, removed_so_far(model, tmp_path), path,
+                   progress=False, structure=structure, units="rows-columns"
+                   if structure == "structured" else None, cache_bytes=0)
+        return most[0]
+
+    shallow, deep = most_alive(2), most_alive(6)
+    assert deep == shallow <= 4  # one layer's A and G, and the previous layer's until rebound

@@ -26,12 +26,14 @@ rule estimate_curvature:
         fisher=config["curvature"]["fisher"],
         batch_size=config["curvature"]["batch_size"],
         every=config["curvature"]["checkpoint_every"],
+        factor_memory=config["curvature"]["factor_memory_gb"],
         seed=config["data"]["seed"],
         device=config["device"],
     shell:
         "surgeon --threads {threads} curvature --model {input.model} --calibration {input.calibration}"
         " --out {output.h5} --fisher {params.fisher} --batch-size {params.batch_size}"
         " --checkpoint {params.checkpoint} --checkpoint-every {params.every}"
+        " --factor-memory {params.factor_memory}"
         " --seed {params.seed} --device {params.device} 2>&1 | tee {log}"
 
 

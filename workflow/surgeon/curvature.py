@@ -8,6 +8,7 @@ gradients from hooks on the output tensors; parameters never get `.grad` buffers
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,6 +17,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .artifacts import atomic_path, torch_save
+from .curvature_store import curvature_bytes
+from .errors import SurgeonError
 from .models import decoder_linears
 
 
@@ -118,6 +121,47 @@ def window_loss(model: nn.Module, ids: torch.Tensor, fisher: str, generator=None
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
 
 
+def block_of(name: str) -> str:
+    """The decoder block a Linear belongs to: its name up to the layer index
+    (`model.layers.3.mlp.up_proj` -> `model.layers.3`)."""
+    parts = name.split(".")
+    i = next((i for i, p in enumerate(parts) if p.isdigit()), len(parts) - 1)
+    return ".".join(parts[: i + 1])
+
+
+def factor_passes(layers: dict[str, nn.Linear], max_bytes: int = 0) -> list[list[str]]:
+    """Layers grouped into passes over the windows so that the float32 A and G accumulated in
+    one pass take at most `max_bytes` (0: every layer in one pass). Whole decoder blocks,
+    consecutive: q/k/v and gate/up share one A only when accumulated together."""
+    blocks: dict[str, list[str]] = {}
+    for name in layers:
+        blocks.setdefault(block_of(name), []).append(name)
+    if max_bytes <= 0:
+        return [list(layers)]
+    passes: list[list[str]] = []
+    for block, names in blocks.items():
+        size = curvature_bytes({n: layers[n] for n in names})
+        if size > max_bytes:
+            raise SurgeonError(f"the factors of one block ({block}: {size / 2**30:.2f} GiB) do "
+                               f"not fit the curvature memory budget of {max_bytes / 2**30:.2f} "
+                               "GiB; give the job more memory or raise the budget")
+        last = passes[-1] if passes else None
+        if last is not None and curvature_bytes({n: layers[n] for n in last + names}) <= max_bytes:
+            last.extend(names)
+        else:
+            passes.append(list(names))
+    return passes
+
+
+@dataclass
+class KFACRun:
+    """What an estimate saw, for the metadata of curvature.h5: layers, tokens per layer."""
+
+    layers: dict[str, nn.Linear]
+    tokens: dict[str, int] = field(default_factory=dict)
+    passes: int = 1
+
+
 def estimate_kfac(
     model: nn.Module,
     windows: torch.Tensor,
@@ -128,24 +172,75 @@ def estimate_kfac(
     fingerprint: str = "",
     seed: int = 0,
     progress: bool = True,
-) -> tuple[dict, KFACAccumulator]:
-    """K-FAC factors of every decoder Linear; resumes from `checkpoint` when it matches."""
+    max_factor_bytes: int = 0,
+) -> tuple[dict, KFACRun]:
+    """K-FAC factors of every decoder Linear; resumes from `checkpoint` when it matches.
+
+    With `max_factor_bytes` the layers are split into passes (factor_passes): each pass runs
+    every window forward and backward but accumulates only its own blocks' factors on the
+    device, and a finished pass's means move to the host. The result is bit for bit the
+    one-pass estimate: the same windows, in the same order, the same sampled labels.
+    """
     device = next(model.parameters()).device
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    acc = KFACAccumulator(decoder_linears(model), device)
+    layers = decoder_linears(model)
+    passes = factor_passes(layers, max_factor_bytes)
+    run = KFACRun(layers, passes=len(passes))
+    done: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # finished passes, on the host
+    state = None
     if checkpoint is not None and Path(checkpoint).is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state.get("fingerprint") == fingerprint:
+        if state.get("fingerprint") != fingerprint or state.get("passes", 1) != len(passes):
+            state = None
+    first = 0
+    if state is not None and state.get("pass", 0) > 0:
+        if finished_passes_file(checkpoint).is_file():
+            first = int(state["pass"])
+            finished = torch.load(finished_passes_file(checkpoint), weights_only=False)
+            done, run.tokens = finished["factors"], finished["tokens"]
+        else:  # the finished passes are lost: start over
+            state = None
+    for index in range(first, len(passes)):
+        acc = KFACAccumulator({n: layers[n] for n in passes[index]}, device)
+        if state is not None and index == first and state.get("windows_done", 0) > 0:
             acc.load_state(state)
+
+        def save(acc=acc, index=index):
+            with atomic_path(checkpoint) as tmp:
+                torch_save({**acc.state(), "fingerprint": fingerprint, "pass": index,
+                            "passes": len(passes)}, tmp)
+
+        label = "curvature" if len(passes) == 1 else f"curvature pass {index + 1}/{len(passes)}"
+        _accumulate(model, windows, acc, fisher, batch_size, seed, progress, label,
+                    save if checkpoint is not None else None, checkpoint_every)
+        done.update(acc.factors())
+        run.tokens.update(acc.tokens)
+        if checkpoint is not None and index + 1 < len(passes):
+            # finished passes once, in their own file; the running sums restart at window 0
+            with atomic_path(finished_passes_file(checkpoint)) as tmp:
+                torch_save({"factors": done, "tokens": run.tokens}, tmp)
+            with atomic_path(checkpoint) as tmp:
+                torch_save({"fingerprint": fingerprint, "pass": index + 1,
+                            "passes": len(passes), "windows_done": 0}, tmp)
+    return {n: done[n] for n in layers}, run
+
+
+def finished_passes_file(checkpoint: Path) -> Path:
+    """Where a multi-pass estimate keeps the factors of its finished passes for a resume."""
+    return Path(f"{checkpoint}.passes")
+
+
+def _accumulate(model, windows, acc, fisher, batch_size, seed, progress, label, save, every):
+    """Run the windows not yet in `acc` forward and backward through the model with its hooks."""
+    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     n = len(windows)
     processed = 0  # windows run through the model by this call (what a resume saves)
     if progress and acc.windows_done:
-        print(f"curvature: resuming from window {acc.windows_done} of {n} ({checkpoint})",
-              flush=True)
-    bar = tqdm(total=n, initial=acc.windows_done, desc="curvature", unit="win", disable=not progress)
+        print(f"{label}: resuming from window {acc.windows_done} of {n}", flush=True)
+    bar = tqdm(total=n, initial=acc.windows_done, desc=label, unit="win", disable=not progress)
     with acc, bar:  # the bar is closed on failure too, so an error is the last line printed
         while acc.windows_done < n:
             start = acc.windows_done
@@ -156,17 +251,13 @@ def estimate_kfac(
             acc.windows_done += len(batch)
             processed += len(batch)
             bar.update(len(batch))
-            if checkpoint is not None and (
-                acc.windows_done % checkpoint_every == 0 and acc.windows_done < n
-            ):
-                with atomic_path(checkpoint) as tmp:
-                    torch_save({**acc.state(), "fingerprint": fingerprint}, tmp)
+            if save is not None and acc.windows_done % every == 0 and acc.windows_done < n:
+                save()
     if progress:
-        print(f"curvature: {processed} of {n} windows processed in this run", flush=True)
-    return acc.factors(), acc
+        print(f"{label}: {processed} of {n} windows processed in this run", flush=True)
 
 
-def layer_metadata(acc: KFACAccumulator, **extra) -> dict[str, dict]:
+def layer_metadata(acc: KFACRun, **extra) -> dict[str, dict]:
     """Per-layer attributes of curvature.h5: [W | b] shape, bias, tokens, and `extra`."""
     return {name: {"weight_shape": [layer.out_features,
                                     layer.in_features + (layer.bias is not None)],

@@ -449,12 +449,14 @@ def prune_shot(model, method: str, fraction: float, removed, curvature: Path | N
                structure: str = "unstructured",
                calibration: torch.Tensor | None = None,
                sequential: bool = False, nm_schedule: str = "blocks",
-               units: str | None = None) -> dict[str, torch.Tensor]:
+               units: str | None = None, cache_bytes: float = 6e9) -> dict[str, torch.Tensor]:
     """Prune `model` in place to a cumulative removed `fraction`; returns the masks.
 
     `calibration` (token windows) is read by methods that need gradients (llm-pruner) and by
     `sequential` SparseGPT / Wanda, which take each layer's A from the inputs it sees after
-    the layers before it are pruned instead of from the dense curvature file.
+    the layers before it are pruned instead of from the dense curvature file. The inverses of
+    every layer are kept between the cost and the update pass when they fit in `cache_bytes`;
+    else each layer's factors are read again, one layer at a time.
     """
     m = check_method(method, structure, fraction, units)
     units = units or m.units[0]
@@ -487,11 +489,13 @@ def prune_shot(model, method: str, fraction: float, removed, curvature: Path | N
             ids = calibration[:1, :PROBE_TOKENS]
             probe = lambda chosen: dead_after_removal(model, chosen, ids)  # noqa: E731
         new_weights, masks = structured_shot(method, weights, removed, fraction, curvature,
-                                             damp_g, damp_a, progress, device, probe=probe)
+                                             damp_g, damp_a, progress, device, cache_bytes,
+                                             probe=probe)
     elif m.update == "obs":
         new_weights, masks = surgeon_elements(
             weights, removed, curvature, fraction, damp_g, damp_a, progress,
-            device=device, structure=structure, weight_cols=weight_cols, nm_schedule=nm_schedule,
+            cache_bytes=cache_bytes, device=device, structure=structure, weight_cols=weight_cols,
+            nm_schedule=nm_schedule,
         )
     elif m.update == "sweep":
         new_weights, masks = sparsegpt_shot(weights, removed, fraction, structure, weight_cols,

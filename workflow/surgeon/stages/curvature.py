@@ -13,7 +13,7 @@ def cmd_curvature(args):
     import torch
 
     from ..artifacts import atomic_path, check_free_space, manifest, tree_hash, write_json, sidecar
-    from ..curvature import estimate_kfac, layer_metadata
+    from ..curvature import estimate_kfac, finished_passes_file, layer_metadata
     from ..curvature_store import curvature_bytes, write_curvature
     from ..models import decoder_linears, load_model, model_skeleton, resolve_device
 
@@ -27,8 +27,10 @@ def cmd_curvature(args):
     model = load_model(args.model, device)
     model_hash, data_hash = tree_hash(args.model), tree_hash(args.calibration)
     fingerprint = f"{model_hash}:{data_hash}:{args.fisher}:{args.batch_size}:{args.seed}"
+    budget = factor_budget(args.factor_memory, device)
     factors, acc = estimate_kfac(model, windows, args.fisher, args.batch_size, ckpt,
-                                 args.checkpoint_every, fingerprint, args.seed)
+                                 args.checkpoint_every, fingerprint, args.seed,
+                                 max_factor_bytes=budget)
     layer_meta = layer_metadata(acc, fisher=args.fisher, dtype="float32", damping=0.0)
     meta = {"model_sha256": model_hash, "data_sha256": data_hash, "fisher": args.fisher,
             "windows": len(windows), "seqlen": int(windows.shape[1]),
@@ -40,17 +42,35 @@ def cmd_curvature(args):
     with atomic_path(args.out) as tmp:
         write_curvature(tmp, factors, meta, layer_meta)
         write_json(sidecar(args.out), {**info, "wall_time_s": round(time.time() - start, 3)})
-    if ckpt is not None and ckpt.exists():
-        ckpt.unlink()
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
+        finished_passes_file(ckpt).unlink(missing_ok=True)
+
+
+def factor_budget(gib: float, device) -> int:
+    """Bytes of factors one pass over the windows may accumulate on the device: `gib` when
+    given; else (0) on CUDA half the memory free once the model is loaded, on the CPU no limit
+    (one pass: the host holds every factor at the end anyway)."""
+    import torch
+
+    if gib > 0:
+        return int(gib * 2**30)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free // 2
+    return 0
 
 
 def _peak_bytes(factors: int, ckpt: Path | None) -> int:
     """Disk the stage needs at its peak: the .h5 written while the checkpoint of running sums
     (float32 too, as large again) is still there; a checkpoint already on disk (a resumed job)
-    holds its share."""
+    holds its share, as does the file of finished passes of a multi-pass estimate."""
+    from ..curvature import finished_passes_file
+
     if ckpt is None:
         return factors
-    return 2 * factors - (ckpt.stat().st_size if ckpt.is_file() else 0)
+    on_disk = [p for p in (ckpt, finished_passes_file(ckpt)) if p.is_file()]
+    return 2 * factors - sum(p.stat().st_size for p in on_disk)
 
 
 def cmd_inspect(args):
@@ -82,6 +102,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--checkpoint-every", type=int, default=8,
                    help="windows between two checkpoint writes")
     s.add_argument("--seed", type=int, default=0, help="seed of the sampled Fisher's labels")
+    s.add_argument("--factor-memory", type=float, default=0.0,
+                   help="GiB of factors accumulated on the device per pass over the windows; "
+                        "more layers than fit take several passes (same result). 0: on CUDA "
+                        "half the free GPU memory, on the CPU one pass")
     s.add_argument("--device", default="auto", help="where the model runs (auto: CUDA if present)")
     s.set_defaults(func=cmd_curvature)
 

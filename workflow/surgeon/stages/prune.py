@@ -36,7 +36,8 @@ def cmd_prune(args):
                        args.damping_g, args.damping_a,
                        device=str(resolve_device(args.device)), structure=args.structure,
                        calibration=windows, sequential=args.sequential,
-                       nm_schedule=args.nm_schedule, units=args.units)
+                       nm_schedule=args.nm_schedule, units=args.units,
+                       cache_bytes=args.inverse_cache * 2**30)
     correction = None
     if args.lora_steps > 0:
         correction = _low_rank_correction(model, windows, masks, args)
@@ -130,6 +131,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--sequential", action="store_true",
                    help="sparsegpt/wanda: layer by layer on the outputs of the pruned layers "
                    "before (needs --calibration), instead of the dense curvature's A")
+    s.add_argument("--inverse-cache", type=float, default=6.0,
+                   help="GiB of layer inverses kept between the cost and the update pass; a "
+                        "model whose inverses need more reads its factors again, one layer at a "
+                        "time (same result)")
     s.add_argument("--device", default="auto", help="where the maths runs (auto: CUDA if present)")
     s.add_argument("--out", required=True, help="model folder to write (with its mask)")
     s.set_defaults(func=cmd_prune)
