@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from helpers import REPO, snakemake
+from helpers import REPO, job_counts, snakemake
 
 PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
 GPU_STAGES = {"estimate_dense_curvature", "estimate_curvature", "estimate_scratch_curvature",
@@ -119,3 +119,23 @@ def test_a_retry_asks_for_more_and_a_missing_model_waits(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         mem(None, Inputs(model=str(tmp_path / "later")), attempt=1)
     assert err.value.filename == str(tmp_path / "later")
+
+
+LLAMA_3_8B = {**LLAMA_7B, "intermediate_size": 14336, "num_key_value_heads": 8,
+              "vocab_size": 128256}
+
+
+def test_llama_3_8b_asks_for_its_weights_and_its_90_gb_of_factors(tmp_path):
+    big = planned_memory(tmp_path / "8b", "llama-3-8b", LLAMA_3_8B, 8_030_261_248 * 4)
+    weights, factors = 32_121, 96_100  # fp32 MB; factors as benchmarks/scale.py counts them
+    assert weights + factors <= big["estimate_dense_curvature"] <= 2 * (weights + factors)
+    assert 2 * weights <= big["prune_shot"] <= 6 * weights
+
+
+@pytest.mark.parametrize("preset", ["llama-2-7b", "llama-3-8b"])
+def test_paper_scale_presets_dry_run_on_the_slurm_profile(tmp_path, preset):
+    r = snakemake(tmp_path, "-n", "--workflow-profile", str(REPO / "profiles/slurm"),
+                  "--configfile", str(REPO / f"config/presets/{preset}.yaml"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = job_counts(r.stdout)
+    assert counts["estimate_curvature"] == 4 and counts["prune_shot"] == 6, counts
