@@ -282,3 +282,28 @@ def test_prune_shot_stops_before_loading_the_model_without_space(tmp_path, llama
         f"surgeon prune: error: not enough free space for {out}: needs about "
         f"{(folder + mask) / 1e9:.3g} GB, 1e-06 GB free")
     assert list(out.parent.iterdir()) == [] and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("stage,extra,codes", [
+    ("recover", ["--windows", "W", "--loss-out", "LOSS"], False),
+    ("quantize", ["--method", "rtn"], True),
+    ("compact", [], False),
+])
+def test_model_folder_stages_stop_before_loading_the_model_without_space(
+        tmp_path, llama_dir, windows, monkeypatch, capsys, stage, extra, codes):
+    """recover, quantize and compact write a model folder as large as their input (quantize:
+    with its codes too): checked before the model is loaded, one line, nothing written."""
+    folder = sum(f.stat().st_size for f in llama_dir.rglob("*") if f.is_file())
+    weights = sum(layer.weight.numel() for layer in decoder_linears(tiny_model("llama")).values())
+    needed = folder + weights + (5 * weights // 4 if codes else 0)
+    free_space(monkeypatch, 1000)
+    monkeypatch.setattr("surgeon.models.load_model", must_not_run)
+    out = tmp_path / stage / "model"
+    names = {"W": str(windows), "LOSS": str(tmp_path / stage / "loss.tsv")}
+    extra = [names.get(a, a) for a in extra]
+    rc = cli.main([stage, "--model", str(llama_dir), *extra, "--out", str(out)])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == (
+        f"surgeon {stage}: error: not enough free space for {out}: needs about "
+        f"{needed / 1e9:.3g} GB, 1e-06 GB free")
+    assert not out.exists() and leftovers(tmp_path) == []

@@ -8,10 +8,13 @@ from ..data import load_windows
 from ..model_folder import write_model_folder
 
 def cmd_compact(args):
+    from ..artifacts import check_free_space
     from ..compact import compact_model
+    from ..model_folder import output_folder_bytes
     from ..models import load_model
 
     start = time.time()
+    check_free_space(args.out, output_folder_bytes(args.model))  # at most the folder again
     model = load_model(args.model, "cpu")
     small, summary = compact_model(model)
     if args.check_windows:

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from ..model_folder import write_model_folder
+from ..model_folder import output_folder_bytes, write_model_folder
 from ..data import load_windows
 from ..errors import SurgeonError
 from ..methods import DAMPING_A_DEFAULT, METHODS, UNITS
@@ -27,7 +27,7 @@ def cmd_prune(args):
     fraction = linear_schedule(args.target, args.shots, args.shot)
     if args.damping_g is None:
         args.damping_g = damping_g_default(args.structure)
-    check_free_space(args.out, _shot_bytes(args.model))
+    check_free_space(args.out, output_folder_bytes(args.model))
     model = load_model(args.model, "cpu")
     removed = load_mask(args.model, decoder_weights(model))
     windows = load_windows(args.calibration)[0] if args.calibration else None
@@ -57,17 +57,6 @@ def cmd_prune(args):
     write_model_folder(args.out, model, args.model, masks, "prune", inputs, config, start,
                        earlier_wall=_curvature_wall(args), cumulative_fraction=fraction,
                        low_rank_correction=correction)
-
-
-def _shot_bytes(model_dir) -> int:
-    """What a shot writes: its input folder again (float32 weights, tokenizer, manifest), with
-    a mask of one byte per decoder-Linear weight in place of the earlier shot's."""
-    from ..artifacts import MASK_FILE
-    from ..models import decoder_linears, model_skeleton
-
-    files = [f for f in Path(model_dir).rglob("*") if f.is_file() and f.name != MASK_FILE]
-    layers = decoder_linears(model_skeleton(model_dir)).values()
-    return sum(f.stat().st_size for f in files) + sum(layer.weight.numel() for layer in layers)
 
 
 def _low_rank_correction(model, windows, masks, args) -> dict:

@@ -12,13 +12,16 @@ from ..model_folder import write_model_folder
 def cmd_quantize(args):
     import contextlib
 
+    from ..artifacts import check_free_space
     from ..curvature_store import open_curvature
+    from ..model_folder import output_folder_bytes
     from ..models import load_model, resolve_device
     from ..masks import load_mask, weight_columns
     from ..prune import decoder_weights
     from ..quantize import Grid, bits_per_weight, quantize_model
 
     start = time.time()
+    check_free_space(args.out, output_folder_bytes(args.model, codes=True))
     model = load_model(args.model, "cpu")
     masks = load_mask(args.model, decoder_weights(model))
     removed = weight_columns(masks, model)

@@ -6,10 +6,10 @@ import json
 import time
 from pathlib import Path
 
-from ..artifacts import made_by
+from ..artifacts import check_free_space, made_by
 from ..data import load_windows
 from ..errors import SurgeonError
-from ..model_folder import write_model_folder
+from ..model_folder import output_folder_bytes, write_model_folder
 
 def _load_teacher(path):
     from safetensors.torch import load_file
@@ -71,6 +71,7 @@ def cmd_recover(args):
     from ..prune import decoder_weights
 
     start = time.time()
+    check_free_space(args.out, output_folder_bytes(args.model))
     model = load_model(args.model, resolve_device(args.device))
     masks = load_mask(args.model, decoder_weights(model))
     losses, config, inputs = _lora_fit(args, model, weight_columns(masks, model))
@@ -92,6 +93,7 @@ def cmd_qat(args):
     from ..quantize import load_codes
 
     start = time.time()
+    check_free_space(args.out, output_folder_bytes(args.model, codes=True))
     quant = made_by(args.model).get("quantization")
     if not quant or not (Path(args.model) / QUANT_FILE).is_file():
         raise SurgeonError(f"{args.model} is not a quantized model (run the quantize stage)")
