@@ -9,7 +9,7 @@ from surgeon.curvature import estimate_kfac
 from surgeon.errors import SurgeonError
 from surgeon.gguf_export import export_gguf, gguf_name, pack_blocks, rope_permute
 from surgeon.models import decoder_linears
-from surgeon.quantize import Grid, quantize_model, rtn_quantize
+from surgeon.quantize import Grid, quantize_embeddings, quantize_model, rtn_quantize
 
 
 class Factors:
@@ -35,9 +35,13 @@ class _Dataset:
         return self.t.numpy()
 
 
-def quantized_tiny(bits, method="rtn"):
-    """A tiny Llama quantized in place on the Q4_0/Q8_0 grid, and its codes."""
+def quantized_tiny(bits, method="rtn", tied=False):
+    """A tiny Llama quantized in place on the Q4_0/Q8_0 grid, as the quantize stage does it
+    (embedding and untied head to Q8_0), and its codes."""
     model = tiny_model("llama")
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.tie_weights()
     removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}
     curvature = None
     if method == "gptq":
@@ -45,6 +49,7 @@ def quantized_tiny(bits, method="rtn"):
         curvature = Factors(factors)
     codes = quantize_model(model, method, Grid(bits, 32, True), removed, curvature,
                            progress=False)
+    quantize_embeddings(model)
     return model, codes
 
 
@@ -82,6 +87,29 @@ def test_reader_dequantizes_to_the_quantized_weights(tmp_path, tokenizer, bits, 
             expected = rope_permute(expected, heads[kind])
         got = dequantize(t.data, t.tensor_type).reshape(expected.shape)
         np.testing.assert_array_equal(got, expected.numpy())
+    # the embedding and the untied head: Q8_0 blocks holding exactly the evaluated tables
+    for key, table in (("token_embd.weight", model.model.embed_tokens),
+                       ("output.weight", model.lm_head)):
+        assert tensors[key].tensor_type.name == "Q8_0"
+        got = dequantize(tensors[key].data, tensors[key].tensor_type)
+        np.testing.assert_array_equal(got.reshape(table.weight.shape), table.weight.detach())
+    assert info["weights"]["f16"] == 0
+
+
+def test_a_tied_head_is_stored_once_as_q8_0(tmp_path, tokenizer):
+    from gguf import GGUFReader
+
+    model, codes = quantized_tiny(4, tied=True)
+    untied, untied_codes = quantized_tiny(4)
+    export_gguf(model, tokenizer, codes, tmp_path / "tied.gguf")
+    export_gguf(untied, tokenizer, untied_codes, tmp_path / "untied.gguf")
+    tensors = {t.name: t for t in GGUFReader(str(tmp_path / "tied.gguf")).tensors}
+    assert "output.weight" not in tensors and tensors["token_embd.weight"].tensor_type.name == "Q8_0"
+    table = model.model.embed_tokens.weight
+    # Q8_0: 34 bytes per 32 weights, against 64 as F16
+    assert tensors["token_embd.weight"].n_bytes == table.numel() // 32 * 34
+    assert (tmp_path / "untied.gguf").stat().st_size - (tmp_path / "tied.gguf").stat().st_size \
+        >= table.numel() // 32 * 34
 
 
 def test_transformers_loads_the_file(tmp_path, tokenizer):
@@ -93,9 +121,10 @@ def test_transformers_loads_the_file(tmp_path, tokenizer):
                                                   dtype=torch.float32)
     for name, layer in decoder_linears(model).items():
         assert torch.equal(loaded.get_submodule(name).weight, layer.weight), name
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)  # Q8_0 both
     x = random_windows(1, 16)
-    with torch.no_grad():  # embeddings and head went through float16
-        assert (loaded(x).logits - model(x).logits).abs().max() < 1e-2
+    with torch.no_grad():  # the norms are exact; only summation order may differ
+        assert (loaded(x).logits - model(x).logits).abs().max() < 1e-4
 
 
 def test_other_grids_are_refused(tmp_path, tokenizer):

@@ -4,8 +4,10 @@ The quantize stage's symmetric 4- and 8-bit grids are llama.cpp's Q4_0 and Q8_0 
 weights, one float16 scale). Its codes and scales are packed into those blocks as they are
 (`pack_blocks`), not re-quantized from the dequantized weights: after GPTQ's error feedback a
 group's largest weight need not sit on code -8 any more, and re-quantizing would pick another
-scale. So the file holds exactly the model that was evaluated. Embeddings
-and the output head are stored as F16, norms as F32, as llama.cpp's converter does. q_proj and
+scale. So the file holds exactly the model that was evaluated. The token embedding and an
+untied output head are stored as Q8_0 (quantize.embedding_codes, which the quantize stage
+applied already: the same codes), as llama.cpp's quantizer does for SmolLM2's 576-wide rows,
+instead of the F16 of its converter: 8.5 bits per weight instead of 16. Norms are F32. q_proj and
 k_proj rows are permuted into llama.cpp's rotary layout (the inverse of what readers such as
 transformers undo when loading).
 """
@@ -123,10 +125,13 @@ def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model") -
     writer.add_file_type(FILE_TYPES[QTYPES[bits]])
     _tokenizer_metadata(writer, tokenizer)
 
+    from .quantize import embedding_codes
+
+    tables = {f"{n}.weight": q for n, q in embedding_codes(model).items()}
     state = model.state_dict()
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    counts = {"quantized": 0, "f16": 0, "f32": 0}
+    counts = {"quantized": 0, "q8_0": 0, "f16": 0, "f32": 0}
     heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}
     for key, tensor in state.items():
         array = tensor.detach().float().cpu().numpy()
@@ -140,6 +145,11 @@ def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model") -
             data = pack_blocks(c, d, bits)
             writer.add_tensor(gguf_name(key), data, raw_shape=data.shape, raw_dtype=qtype)
             counts["quantized"] += c.numel()
+        elif key in tables:
+            data = pack_blocks(tables[key].codes, tables[key].scales, 8)
+            writer.add_tensor(gguf_name(key), data, raw_shape=data.shape,
+                              raw_dtype=GGMLQuantizationType.Q8_0)
+            counts["q8_0"] += array.size
         elif array.ndim == 2:
             writer.add_tensor(gguf_name(key), array.astype(np.float16))
             counts["f16"] += array.size

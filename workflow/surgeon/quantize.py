@@ -185,6 +185,45 @@ def quantize_model(model, method: str, grid: Grid, removed: dict, curvature=None
     return out
 
 
+EMBEDDING_GRID = Grid(8, 32, True)  # llama.cpp's Q8_0
+
+
+def embedding_tables(model) -> dict[str, torch.nn.Module]:
+    """{module name: module} of the token embedding and of the output head when it is not
+    tied to the embedding."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    names = {id(m): n for n, m in model.named_modules()}
+    tables = {names[id(emb)]: emb}
+    if head is not None and head.weight is not emb.weight:
+        tables[names[id(head)]] = head
+    return tables
+
+
+def embedding_codes(model) -> dict[str, Quantized]:
+    """Q8_0 codes of the token embedding and of an untied output head, {module name: codes}.
+
+    What llama.cpp's quantizer does with these tables at Q4_0 when rows are not a multiple of
+    256 (SmolLM2's 576): Q8_0 instead of F16, 8.5 instead of 16 bits per weight. (With rows of
+    256k it would store the head as Q6_K and an untied embedding at the file's type; Q8_0 is
+    the larger, more accurate choice.) Tables whose width the 32-weight blocks do not divide
+    are left out. Rounding a table that is on the Q8_0 grid already gives its codes back.
+    """
+    return {name: rtn_quantize(table.weight.detach(), EMBEDDING_GRID)
+            for name, table in embedding_tables(model).items()
+            if table.weight.shape[1] % EMBEDDING_GRID.group_size == 0}
+
+
+def quantize_embeddings(model) -> dict[str, Quantized]:
+    """Round the tables of embedding_codes to Q8_0 in place (the quantize stage does, so that
+    the model it evaluates is the one in the .gguf); their codes."""
+    codes = embedding_codes(model)
+    tables = embedding_tables(model)
+    with torch.no_grad():
+        for name, q in codes.items():
+            tables[name].weight.copy_(q.weight().to(tables[name].weight))
+    return codes
+
+
 def save_codes(path, codes: dict[str, Quantized], info: dict) -> None:
     """Integer codes (int8, or uint8 when asymmetric), float16 scales, uint8 zero points."""
     from safetensors.torch import save_file

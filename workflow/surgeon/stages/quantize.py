@@ -18,7 +18,7 @@ def cmd_quantize(args):
     from ..models import load_model, resolve_device
     from ..masks import load_mask, weight_columns
     from ..prune import decoder_weights
-    from ..quantize import Grid, bits_per_weight, quantize_model
+    from ..quantize import Grid, bits_per_weight, quantize_embeddings, quantize_model
 
     start = time.time()
     check_free_space(args.out, output_folder_bytes(args.model, codes=True))
@@ -30,10 +30,14 @@ def cmd_quantize(args):
     with curvature as f:
         codes = quantize_model(model, args.method, grid, removed, f, args.damp,
                                str(resolve_device(args.device)))
+    # on llama.cpp's grids the embedding goes to Q8_0 too, as in the .gguf (gguf_export.py)
+    gguf_grid = grid.symmetric and grid.group_size == 32
+    tables = quantize_embeddings(model) if gguf_grid else {}
     inputs = {"model": args.model, **({"curvature": args.curvature} if args.curvature else {})}
     info = {"method": args.method, "bits": grid.bits, "group_size": grid.group_size,
             "symmetric": grid.symmetric, "bits_per_weight": bits_per_weight(grid),
-            "quantized_weights": sum(q.codes.numel() for q in codes.values())}
+            "quantized_weights": sum(q.codes.numel() for q in codes.values()),
+            "embeddings_q8_0": sorted(tables)}
     write_model_folder(args.out, model, args.model, masks, "quantize", inputs,
                         {"damp": args.damp}, start, codes=codes, codes_info=info,
                         quantization=info)
