@@ -2,43 +2,11 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from helpers import random_windows, tiny_model
+from helpers import direct_factors, random_windows, tiny_model
 from surgeon import curvature
 from surgeon.curvature import estimate_kfac
 from surgeon.models import decoder_linears
-
-
-def direct_factors(model, windows):
-    """Store every layer's inputs and outputs, backprop the summed NLL, form the means."""
-    layers = decoder_linears(model)
-    inputs, outputs = {n: [] for n in layers}, {n: [] for n in layers}
-    handles = []
-    for n, layer in layers.items():
-        def hook(mod, inp, out, n=n):
-            out.retain_grad()
-            inputs[n].append(inp[0].detach())
-            outputs[n].append(out)
-        handles.append(layer.register_forward_hook(hook))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for ids in windows:
-        ids = ids[None]
-        emb = model.get_input_embeddings()(ids).requires_grad_(True)
-        logits = model(inputs_embeds=emb).logits[:, :-1]
-        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                        reduction="sum").backward()
-    for h in handles:
-        h.remove()
-    result = {}
-    for n, layer in layers.items():
-        a = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs[n]]).double()
-        if layer.bias is not None:
-            a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
-        g = torch.cat([y.grad.reshape(-1, y.shape[-1]) for y in outputs[n]]).double()
-        result[n] = (a.T @ a / len(a), g.T @ g / len(g))
-    return result
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])

@@ -111,6 +111,7 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu"):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     except Exception as err:  # corrupt or truncated weights
         raise SurgeonError(f"cannot load model from {model_dir}: {err}".splitlines()[0]) from None
+    check_architecture(model)
     return model.to(device).eval()
 
 
@@ -143,6 +144,36 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and len(module) == n:
             return module
     raise SurgeonError(f"no decoder block list of length {n} in {type(model).__name__}")
+
+
+EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+
+def check_architecture(model: nn.Module) -> None:
+    """Refuse in one line a model whose blocks this tool cannot prune: encoder-decoders,
+    mixture-of-experts blocks, GPT-2's transposed Conv1D layers, blocks without attention
+    (state-space models) or without nn.Linear layers."""
+    cfg = model.config
+    kind = cfg.model_type
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise SurgeonError(f"{kind}: encoder-decoder models are not supported (decoder-only "
+                           "language models only)")
+    experts = next((getattr(cfg, k) for k in EXPERT_KEYS if getattr(cfg, k, None)), 0)
+    if experts > 1:
+        raise SurgeonError(f"{kind}: mixture-of-experts blocks ({experts} experts) are not "
+                           "supported: the curvature and structures of routed experts are not "
+                           "modelled")
+    blocks = decoder_blocks(model)
+    names = [(n, type(m).__name__) for n, m in blocks[0].named_modules()]
+    conv = next((n for n, t in names if t == "Conv1D"), None)
+    if conv is not None:
+        raise SurgeonError(f"{kind}: GPT-2-style Conv1D layers ({conv}) are not supported yet: "
+                           "their weights are stored transposed")
+    if not any("attn" in n.lower() or "attention" in t.lower() for n, t in names):
+        raise SurgeonError(f"{kind}: blocks without attention (state-space or recurrent "
+                           "layers) are not supported")
+    if not any(isinstance(m, nn.Linear) for m in blocks[0].modules()):
+        raise SurgeonError(f"{kind}: no nn.Linear layers in the decoder blocks")
 
 
 def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
