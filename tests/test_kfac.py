@@ -40,11 +40,10 @@ class Killed(Exception):
     pass
 
 
-def test_interrupted_estimation_resumes_from_checkpoint(tmp_path, monkeypatch):
-    windows = random_windows(6, 16)
-    full, _ = estimate_kfac(tiny_model("opt"), windows, progress=False)
-    ckpt = tmp_path / "kfac.ckpt"
-    calls = {"n": 0, "die_at": 5}
+def die_at_window_call(monkeypatch, die_at: int) -> dict:
+    """Make the `die_at`-th window's loss raise Killed (a job killed mid-estimate); the
+    returned counter's "n" counts calls, "die_at" None lets every call through."""
+    calls = {"n": 0, "die_at": die_at}
     real_loss = curvature.window_loss
 
     def dying_loss(*args, **kwargs):
@@ -54,6 +53,14 @@ def test_interrupted_estimation_resumes_from_checkpoint(tmp_path, monkeypatch):
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(curvature, "window_loss", dying_loss)
+    return calls
+
+
+def test_interrupted_estimation_resumes_from_checkpoint(tmp_path, monkeypatch):
+    windows = random_windows(6, 16)
+    full, _ = estimate_kfac(tiny_model("opt"), windows, progress=False)
+    ckpt = tmp_path / "kfac.ckpt"
+    calls = die_at_window_call(monkeypatch, 5)
     with pytest.raises(Killed):
         estimate_kfac(tiny_model("opt"), windows, checkpoint=ckpt, checkpoint_every=2,
                       fingerprint="f", progress=False)
@@ -113,16 +120,7 @@ def test_multi_pass_estimate_resumes_inside_its_second_pass(tmp_path, monkeypatc
     budget = curvature.curvature_bytes({n: m for n, m in model_factors.items() if ".0." in n})
     full, _ = estimate_kfac(tiny_model("opt"), windows, progress=False)
     ckpt = tmp_path / "kfac.ckpt"
-    calls = {"n": 0, "die_at": 7}  # pass 1: calls 1-4; pass 2 dies on its third window
-    real_loss = curvature.window_loss
-
-    def dying_loss(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == calls["die_at"]:
-            raise Killed("killed")
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(curvature, "window_loss", dying_loss)
+    calls = die_at_window_call(monkeypatch, 7)  # pass 1: calls 1-4; pass 2 dies on its third
     with pytest.raises(Killed):
         estimate_kfac(tiny_model("opt"), windows, checkpoint=ckpt, checkpoint_every=2,
                       fingerprint="f", progress=False, max_factor_bytes=budget)
