@@ -133,23 +133,25 @@ def factor_passes(layers: dict[str, nn.Linear], max_bytes: int = 0) -> list[list
     """Layers grouped into passes over the windows so that the float32 A and G accumulated in
     one pass take at most `max_bytes` (0: every layer in one pass). Whole decoder blocks,
     consecutive: q/k/v and gate/up share one A only when accumulated together."""
+    if max_bytes <= 0:
+        return [list(layers)]
     blocks: dict[str, list[str]] = {}
     for name in layers:
         blocks.setdefault(block_of(name), []).append(name)
-    if max_bytes <= 0:
-        return [list(layers)]
     passes: list[list[str]] = []
+    used = 0  # bytes of the last pass (blocks share no input, so sizes add up)
     for block, names in blocks.items():
         size = curvature_bytes({n: layers[n] for n in names})
         if size > max_bytes:
             raise SurgeonError(f"the factors of one block ({block}: {size / 2**30:.2f} GiB) do "
                                f"not fit the curvature memory budget of {max_bytes / 2**30:.2f} "
                                "GiB; give the job more memory or raise the budget")
-        last = passes[-1] if passes else None
-        if last is not None and curvature_bytes({n: layers[n] for n in last + names}) <= max_bytes:
-            last.extend(names)
+        if passes and used + size <= max_bytes:
+            passes[-1].extend(names)
+            used += size
         else:
             passes.append(list(names))
+            used = size
     return passes
 
 

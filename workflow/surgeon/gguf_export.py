@@ -93,6 +93,13 @@ def _tokenizer_metadata(writer, tokenizer) -> None:
         writer.add_eos_token_id(tokenizer.eos_token_id)
 
 
+def gguf_type(grid) -> str | None:
+    """The ggml block type a quantize-stage grid is (Q4_0, Q8_0), or None."""
+    if grid.symmetric and grid.group_size == 32:
+        return QTYPES.get(grid.bits)
+    return None
+
+
 def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model") -> dict:
     """Write `model` to `out`, its decoder Linears from `codes` ({layer: Quantized} on the
     Q4_0/Q8_0 grid, as the quantize stage saved them)."""
@@ -103,7 +110,7 @@ def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model") -
         raise SurgeonError(f"GGUF export supports the llama architecture, not {cfg.model_type}")
     grids = {q.grid for q in codes.values()}
     grid = grids.pop() if len(grids) == 1 else None
-    if grid is None or not grid.symmetric or grid.group_size != 32 or grid.bits not in QTYPES:
+    if grid is None or gguf_type(grid) is None:
         raise SurgeonError("GGUF export needs one Q4_0/Q8_0 grid (symmetric, 4 or 8 bits, "
                            f"groups of 32) for all layers, got {sorted(map(str, grids))}")
     bits = grid.bits

@@ -14,6 +14,7 @@ def cmd_quantize(args):
 
     from ..artifacts import check_free_space
     from ..curvature_store import open_curvature
+    from ..gguf_export import gguf_type
     from ..model_folder import output_folder_bytes
     from ..models import load_model, resolve_device
     from ..masks import load_mask, weight_columns
@@ -31,8 +32,7 @@ def cmd_quantize(args):
         codes = quantize_model(model, args.method, grid, removed, f, args.damp,
                                str(resolve_device(args.device)))
     # on llama.cpp's grids the embedding goes to Q8_0 too, as in the .gguf (gguf_export.py)
-    gguf_grid = grid.symmetric and grid.group_size == 32
-    tables = quantize_embeddings(model) if gguf_grid else {}
+    tables = quantize_embeddings(model) if gguf_type(grid) else {}
     inputs = {"model": args.model, **({"curvature": args.curvature} if args.curvature else {})}
     info = {"method": args.method, "bits": grid.bits, "group_size": grid.group_size,
             "symmetric": grid.symmetric, "bits_per_weight": bits_per_weight(grid),
