@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 CORES ?= 2
 
-.PHONY: install run smoke test test-fast clean
+.PHONY: install run smoke test test-fast llama-cpp clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml envs/requirements.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+# Optional: llama.cpp itself (llama-cpp-python compiles it from source, about 5 minutes on 2
+# cores) to score and quantize .gguf files in llama.cpp: tests/test_gguf_export.py's round trip
+# and benchmarks/gguf_llamacpp.py. Not part of `install`: nothing else needs it.
+LLAMA_CPP_SPEC ?= llama-cpp-python==0.3.36
+llama-cpp: install
+	CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+		-DLLAMA_BUILD_SERVER=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(CORES) \
+		$(BIN)/pip install "$(LLAMA_CPP_SPEC)"
 
 # Rules call `surgeon <stage>`: the venv's bin comes first on PATH.
 run: install

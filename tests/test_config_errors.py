@@ -71,8 +71,11 @@ CASES = [
      "recovery.targets: 'q_proj,q_proj,q_proj,q_proj,q_proj,q_proj,q_proj,q_proj,... is not "
      "allowed; allowed: 'all' or a list of strings"),
     (with_section(quantization={"q": {"method": "rtn", "bits": 3}}),
-     "quantization.q.bits: 3 is not allowed; allowed: 4, 8 (symmetric grids are Q4_0 (4 bit) "
-     "and Q8_0 (8 bit))"),
+     "quantization.q.bits: 3 is not allowed; allowed: 4, 5, 8 (symmetric grids are Q4_0 (4 bit), "
+     "Q5_0 (5 bit) and Q8_0 (8 bit))"),
+    (with_section(quantization={"q": {"method": "gptq", "gguf_type": "Q4_K"}}),
+     "quantization.q.gguf_type: 'Q4_K' is not allowed; allowed: 'Q4_0', 'Q5_0', 'Q8_0', "
+     "'Q4_K_M', 'Q6_K' (did you mean 'Q4_K_M'?)"),
     (with_section(experiments={"dense": config_with()["experiments"]["foo"]}),
      "experiments: the name 'dense' is reserved"),
     (with_section(experiments={}), "experiments: {} needs at least 1 entries"),

@@ -7,9 +7,9 @@ import torch
 from helpers import random_windows, tiny_model
 from surgeon.curvature import estimate_kfac
 from surgeon.errors import SurgeonError
-from surgeon.gguf_export import export_gguf, gguf_name, pack_blocks, rope_permute
+from surgeon.gguf_export import export_gguf, gguf_name, rope_permute
 from surgeon.models import decoder_linears
-from surgeon.quantize import Grid, quantize_embeddings, quantize_model, rtn_quantize
+from surgeon.quantize import Grid, quantize_embeddings, quantize_model
 
 
 class Factors:
@@ -53,18 +53,6 @@ def quantized_tiny(bits, method="rtn", tied=False):
     return model, codes
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_blocks_are_ggml_blocks(bits):
-    """For RTN codes, our packing equals gguf's reference quantizer byte for byte."""
-    from gguf import GGMLQuantizationType, quantize
-
-    W = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
-    q = rtn_quantize(W, Grid(bits, 32, True))
-    kind = GGMLQuantizationType.Q4_0 if bits == 4 else GGMLQuantizationType.Q8_0
-    expected = quantize(q.weight().float().numpy(), kind)
-    np.testing.assert_array_equal(pack_blocks(q.codes, q.scales, bits), expected)
-
-
 @pytest.mark.parametrize("bits,method", [(4, "rtn"), (8, "rtn"), (4, "gptq")])
 def test_reader_dequantizes_to_the_quantized_weights(tmp_path, tokenizer, bits, method):
     from gguf import GGUFReader, dequantize
@@ -72,7 +60,7 @@ def test_reader_dequantizes_to_the_quantized_weights(tmp_path, tokenizer, bits, 
     model, codes = quantized_tiny(bits, method)
     path = tmp_path / "m.gguf"
     info = export_gguf(model, tokenizer, codes, path)
-    assert info["tensor_type"] == ("Q4_0" if bits == 4 else "Q8_0")
+    assert info["file_type"] == ("Q4_0" if bits == 4 else "Q8_0")
     reader = GGUFReader(str(path))
     tensors = {t.name: t for t in reader.tensors}
     arch = reader.fields["general.architecture"]
@@ -80,7 +68,7 @@ def test_reader_dequantizes_to_the_quantized_weights(tmp_path, tokenizer, bits, 
     heads = {"q_proj": 4, "k_proj": 2}
     for name, layer in decoder_linears(model).items():
         t = tensors[gguf_name(name + ".weight")]
-        assert t.tensor_type.name == info["tensor_type"]
+        assert t.tensor_type.name == info["file_type"]
         expected = layer.weight.detach()
         kind = name.rsplit(".", 1)[-1]
         if kind in heads:
@@ -93,7 +81,7 @@ def test_reader_dequantizes_to_the_quantized_weights(tmp_path, tokenizer, bits, 
         assert tensors[key].tensor_type.name == "Q8_0"
         got = dequantize(tensors[key].data, tensors[key].tensor_type)
         np.testing.assert_array_equal(got.reshape(table.weight.shape), table.weight.detach())
-    assert info["weights"]["f16"] == 0
+    assert "F16" not in info["weights"]
 
 
 def test_a_tied_head_is_stored_once_as_q8_0(tmp_path, tokenizer):
@@ -131,7 +119,7 @@ def test_other_grids_are_refused(tmp_path, tokenizer):
     model = tiny_model("llama")
     removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}
     codes = quantize_model(model, "rtn", Grid(4, 16, True), removed, progress=False)
-    with pytest.raises(SurgeonError, match="one Q4_0/Q8_0 grid"):
+    with pytest.raises(SurgeonError, match="llama.cpp block types"):
         export_gguf(model, tokenizer, codes, tmp_path / "m.gguf")
 
 
@@ -144,3 +132,94 @@ def test_cli_refuses_models_off_the_llama_cpp_grid(tmp_path, llama_dir):
                         "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 2 and "is not a quantized model" in r.stderr.splitlines()[-1]
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def surgeon(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "surgeon", *map(str, args)], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def q4_k_m_export(tmp_path_factory, tokenizer):
+    """A tiny Llama with rows of 256 (attention, gate, up, the untied embedding and head) and
+    of 96 (down_proj), half of its weights removed, GPTQ-quantized as Q4_K_M by the quantize
+    stage and exported: every block type of the mixture appears."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers import VOCAB, curvature_file, prune_randomly
+
+    tmp = tmp_path_factory.mktemp("q4km")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=96,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=128, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    prune_randomly(model, 0.5)
+    model.save_pretrained(tmp / "pruned")
+    tokenizer.save_pretrained(tmp / "pruned")
+    curvature_file(model, tmp / "curvature.h5", random_windows(4, 32))
+    surgeon("quantize", "--model", tmp / "pruned", "--method", "gptq", "--curvature",
+            tmp / "curvature.h5", "--gguf-type", "Q4_K_M", "--out", tmp / "quantized")
+    surgeon("export-gguf", "--model", tmp / "quantized", "--out", tmp / "model.gguf")
+    return tmp
+
+
+def test_q4_k_m_file_holds_the_evaluated_model_on_llama_quantize_types(q4_k_m_export):
+    from gguf import GGUFReader, dequantize
+
+    from surgeon.ggml_plan import tensor_types
+    from surgeon.models import load_model
+
+    model = load_model(q4_k_m_export / "quantized", "cpu")
+    pruned = load_model(q4_k_m_export / "pruned", "cpu")
+    tensors = {t.name: t for t in GGUFReader(str(q4_k_m_export / "model.gguf")).tensors}
+    plan = tensor_types(model, "Q4_K_M")
+    assert set(plan.values()) == {"Q4_K", "Q6_K", "Q5_0", "Q8_0"}
+    heads = {"q_proj": 4, "k_proj": 2}
+    for name, kind in plan.items():
+        t = tensors[gguf_name(name + ".weight")]
+        assert t.tensor_type.name == kind, name
+        expected = model.get_submodule(name).weight.detach()
+        if name.rsplit(".", 1)[-1] in heads:
+            expected = rope_permute(expected, heads[name.rsplit(".", 1)[-1]])
+        got = dequantize(t.data, t.tensor_type).reshape(expected.shape)
+        np.testing.assert_array_equal(got, expected.numpy())
+    for name, layer in decoder_linears(model).items():  # pruned weights stay exact zeros
+        removed = decoder_linears(pruned)[name].weight == 0
+        assert (layer.weight[removed] == 0).all()
+
+
+def test_llama_cpp_scores_our_file_as_we_do(q4_k_m_export):
+    """llama.cpp (llama-cpp-python, optional) gives our file the perplexity our evaluation gives
+    the quantized model folder, within 1%; and its own quantizer picks the same type for every
+    tensor (its F32 input written by our export)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make llama-cpp)")
+    from gguf import GGUFReader
+
+    from surgeon import llamacpp
+    from surgeon.evaluate import perplexity
+    from surgeon.models import load_model, load_tokenizer
+
+    folder = q4_k_m_export / "quantized"
+    windows = random_windows(4, 64, seed=3)
+    ours = perplexity(load_model(folder, "cpu"), windows, progress=False)
+    theirs = llamacpp.perplexity(q4_k_m_export / "model.gguf", windows, threads=1)
+    assert abs(theirs / ours - 1) < 0.01, (ours, theirs)
+
+    dense = load_model(q4_k_m_export / "pruned", "cpu")
+    export_gguf(dense, load_tokenizer(folder), {}, q4_k_m_export / "f32.gguf", tables={},
+                file_type="F32")
+    assert llamacpp.perplexity(q4_k_m_export / "f32.gguf", windows, threads=1) == \
+        pytest.approx(perplexity(dense, windows, progress=False), rel=1e-3)
+    llamacpp.quantize(q4_k_m_export / "f32.gguf", q4_k_m_export / "theirs.gguf", "Q4_K_M", 1)
+    types = {t.name: t.tensor_type.name
+             for t in GGUFReader(str(q4_k_m_export / "model.gguf")).tensors}
+    assert types == {t.name: t.tensor_type.name
+                     for t in GGUFReader(str(q4_k_m_export / "theirs.gguf")).tensors}

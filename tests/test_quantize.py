@@ -84,5 +84,5 @@ def test_bad_grids_are_refused():
     W, _, _ = layer(cols=48)
     with pytest.raises(SurgeonError, match="does not divide"):
         rtn_quantize(W, Grid(4, 32, True))
-    with pytest.raises(SurgeonError, match="Q4_0 and Q8_0"):
+    with pytest.raises(SurgeonError, match="Q4_0, Q5_0 and Q8_0"):
         rtn_quantize(W, Grid(3, 16, True))

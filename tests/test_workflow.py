@@ -90,7 +90,7 @@ def test_summary_table(finished_run):
                    .read_text())
     assert "curvature" not in m["inputs"]
     gguf = json.loads((res / "quantized/gptq4/model.gguf.manifest.json").read_text())["gguf"]
-    assert gguf["tensor_type"] == "Q4_0" and gguf["bits_per_weight_file"] < 32
+    assert gguf["file_type"] == "Q4_0" and gguf["bits_per_weight_file"] < 32
     assert not (finished_run / "results/tiny/magnitude/quantized/rtn3/model.gguf").exists()
     ct = json.loads((res / "quantized/gptq4/compressed-tensors/config.json").read_text())
     assert ct["quantization_config"]["quant_method"] == "compressed-tensors"
@@ -265,6 +265,19 @@ def test_paper_schedule_keeps_only_the_size_curve(tmp_path):
         assert f"llm-surgeon-structured-schedule/shot-{shot}/model" in r.stdout
     assert "llm-surgeon-structured-schedule/shot-7/" not in r.stdout
     assert "sparsegpt" not in r.stdout
+
+
+def test_quantization_preset_plans_llama_cpp_file_types(tmp_path):
+    """A `gguf_type` entry quantizes with --gguf-type and exports a .gguf only (K-quant scales
+    have no compressed-tensors layout); the Q4_0 entry keeps both exports."""
+    r = snakemake(tmp_path, "--configfile", str(REPO / "config/config.yaml"),
+                  str(REPO / "config/presets/quantization.yaml"), "-n", "--nolock", "-p")
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder = "results/smollm2-135m/llm-surgeon-unstructured-50/quantized"
+    assert "--gguf-type Q4_K_M --damp" in r.stdout
+    assert f"{folder}/gptq-q4_k_m/model.gguf" in r.stdout
+    assert f"{folder}/gptq-q4_k_m/compressed-tensors" not in r.stdout
+    assert f"{folder}/gptq-q4_0/compressed-tensors" in r.stdout
 
 
 def test_smoke_preset_plans_every_stage(tmp_path):

@@ -222,14 +222,16 @@ def quantization_grid(quant):
 
 
 def quantization_exports(name, quant, model=MODEL):
-    """A .gguf when the quantization is on llama.cpp's Q4_0/Q8_0 grid, a compressed-tensors
-    folder when it is 4- or 8-bit."""
+    """A .gguf when the quantization is a llama.cpp file type (gguf_type, or the Q4_0/Q5_0/Q8_0
+    grid), a compressed-tensors folder when it is one 4- or 8-bit grid for all layers."""
     spec = quantization_grid(quant)
     folder = f"results/{model}/{name}/quantized/{quant}"
+    gguf_type = spec.get("gguf_type")
+    on_llama_cpp_grid = spec["symmetric"] and spec["group_size"] == 32
     files = []
-    if spec["symmetric"] and spec["group_size"] == 32:
+    if gguf_type or on_llama_cpp_grid:
         files.append(f"{folder}/model.gguf")
-    if spec["bits"] in (4, 8):
+    if gguf_type in ("Q4_0", "Q8_0") or (not gguf_type and spec["bits"] in (4, 8)):
         files.append(f"{folder}/compressed-tensors")
     return files
 

@@ -29,11 +29,16 @@ rule quantize:
             else "--asymmetric"
         ),
         damp=quantization_setting("damp"),
+        gguf_type=lambda wildcards: (
+            f"--gguf-type {config['quantization'][wildcards.quant]['gguf_type']}"
+            if "gguf_type" in config["quantization"][wildcards.quant]
+            else ""
+        ),
         device=config["device"],
     shell:
         "surgeon --threads {threads} quantize --model {input.model} --method {params.method}"
         " {params.curvature} --bits {params.bits} --group-size {params.group_size}"
-        " {params.asymmetric} --damp {params.damp} --device {params.device}"
+        " {params.asymmetric} {params.gguf_type} --damp {params.damp} --device {params.device}"
         " --out {output} 2>&1 | tee {log}"
 
 
@@ -86,7 +91,7 @@ use rule estimate_curvature as estimate_quantization_curvature with:
         "benchmarks/{model}/{experiment}/estimate_quantization_curvature.tsv"
 
 
-# llama.cpp file of a quantization on the Q4_0/Q8_0 grid (symmetric, 4 or 8 bits, groups of 32).
+# llama.cpp file of a quantization on llama.cpp's blocks (gguf_type, or the Q4_0/Q5_0/Q8_0 grid).
 rule export_gguf:
     input:
         "results/{model}/{experiment}/quantized/{quant}/model",

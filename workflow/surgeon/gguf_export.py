@@ -1,19 +1,19 @@
-"""GGUF export of a quantized Llama for llama.cpp: Q4_0 / Q8_0 decoder Linears, llama metadata.
+"""GGUF export of a quantized Llama for llama.cpp: llama.cpp block types, llama metadata.
 
-The quantize stage's symmetric 4- and 8-bit grids are llama.cpp's Q4_0 and Q8_0 blocks (32
-weights, one float16 scale). Its codes and scales are packed into those blocks as they are
-(`pack_blocks`), not re-quantized from the dequantized weights: after GPTQ's error feedback a
-group's largest weight need not sit on code -8 any more, and re-quantizing would pick another
-scale. So the file holds exactly the model that was evaluated. The token embedding and an
-untied output head are stored as Q8_0 (quantize.embedding_codes, which the quantize stage
-applied already: the same codes), as llama.cpp's quantizer does for SmolLM2's 576-wide rows,
-instead of the F16 of its converter: 8.5 bits per weight instead of 16. Norms are F32. q_proj and
-k_proj rows are permuted into llama.cpp's rotary layout (the inverse of what readers such as
-transformers undo when loading).
+The quantize stage's grids are llama.cpp's blocks (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K; the mixture of a
+file type such as Q4_K_M chosen per tensor as llama-quantize does, ggml_plan). Its codes and
+scales are packed into those blocks as they are (ggml_blocks), not re-quantized from the
+dequantized weights: after GPTQ's error feedback a group's largest weight need not sit on the
+extreme code any more, and re-quantizing would pick another scale. So the file holds exactly
+the model that was evaluated. The token embedding and an untied output head get the block
+llama.cpp gives them (SmolLM2's 576-wide rows: Q8_0) with the codes the quantize stage saved,
+instead of the F16 of llama.cpp's converter. Norms are F32. q_proj and k_proj rows are permuted
+into llama.cpp's rotary layout (the inverse of what readers such as transformers undo).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,9 +21,6 @@ import numpy as np
 import torch
 
 from .errors import SurgeonError
-
-QTYPES = {4: "Q4_0", 8: "Q8_0"}
-FILE_TYPES = {"Q4_0": 2, "Q8_0": 7}  # llama.cpp's LLAMA_FTYPE_MOSTLY_* numbers
 
 LAYER_NAMES = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -37,21 +34,6 @@ def rope_permute(w: torch.Tensor, heads: int) -> torch.Tensor:
     """HF's rotate-half row order -> llama.cpp's interleaved pairs, per head."""
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2) \
         .reshape(w.shape)
-
-
-def pack_blocks(codes: torch.Tensor, scales: torch.Tensor, bits: int) -> np.ndarray:
-    """ggml Q4_0 / Q8_0 blocks of R x C codes with R x C/32 scales: per block the float16
-    scale, then the 32 codes (Q8_0: int8; Q4_0: code + 8 as nibbles, element j in the low
-    and element j + 16 in the high half of byte j). Shape (R, C/32 * block bytes), uint8."""
-    R, C = codes.shape
-    q = codes.reshape(R, C // 32, 32).numpy()
-    d = scales.reshape(R, C // 32, 1).numpy().astype(np.float16).view(np.uint8)
-    if bits == 8:
-        body = q.astype(np.int8).view(np.uint8)
-    else:
-        u = (q + 8).astype(np.uint8)
-        body = u[..., :16] | (u[..., 16:] << np.uint8(4))
-    return np.concatenate([d, body], axis=-1).reshape(R, -1)
 
 
 def gguf_name(hf_name: str) -> str:
@@ -93,28 +75,31 @@ def _tokenizer_metadata(writer, tokenizer) -> None:
         writer.add_eos_token_id(tokenizer.eos_token_id)
 
 
-def gguf_type(grid) -> str | None:
-    """The ggml block type a quantize-stage grid is (Q4_0, Q8_0), or None."""
-    if grid.symmetric and grid.group_size == 32:
-        return QTYPES.get(grid.bits)
-    return None
+FLOAT_FILE_TYPES = {"F32": 0, "F16": 1}  # LLAMA_FTYPE_ALL_F32, LLAMA_FTYPE_MOSTLY_F16
 
 
-def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model") -> dict:
-    """Write `model` to `out`, its decoder Linears from `codes` ({layer: Quantized} on the
-    Q4_0/Q8_0 grid, as the quantize stage saved them)."""
+def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model",
+                tables: dict | None = None, file_type: str | None = None) -> dict:
+    """Write `model` to `out`, its decoder Linears from `codes` and its embedding tables from
+    `tables` ({module: Quantized} on llama.cpp block grids, as the quantize stage saved them;
+    tables default to Q8_0 codes of the model's tables). `file_type` names the mixture for
+    the header (default: the decoder Linears' one block type); F32 or F16 with no codes and
+    no tables writes the unquantized model (what llama-quantize starts from)."""
     from gguf import GGMLQuantizationType, GGUFWriter
+
+    from .ggml_blocks import pack
+    from .ggml_plan import FILE_TYPES
+    from .quantize import embedding_codes, ggml_type
 
     cfg = model.config
     if cfg.model_type != "llama":
         raise SurgeonError(f"GGUF export supports the llama architecture, not {cfg.model_type}")
-    grids = {q.grid for q in codes.values()}
-    grid = grids.pop() if len(grids) == 1 else None
-    if grid is None or gguf_type(grid) is None:
-        raise SurgeonError("GGUF export needs one Q4_0/Q8_0 grid (symmetric, 4 or 8 bits, "
-                           f"groups of 32) for all layers, got {sorted(map(str, grids))}")
-    bits = grid.bits
-    qtype = getattr(GGMLQuantizationType, QTYPES[bits])
+    types = {ggml_type(q.grid) for q in codes.values()}
+    file_type = file_type or (types.pop() if len(types) == 1 else None)
+    unquantized = file_type in FLOAT_FILE_TYPES and not codes and tables == {}
+    if file_type not in FILE_TYPES and not unquantized:
+        raise SurgeonError(f"GGUF export needs llama.cpp block types with one file type "
+                           f"({', '.join(FILE_TYPES)}), got {file_type or sorted(map(str, types))}")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     writer = GGUFWriter(str(out), "llama")
     writer.add_name(name)
@@ -129,42 +114,37 @@ def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model") -
                                     or cfg.rope_parameters["rope_theta"]))
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_vocab_size(cfg.vocab_size)
-    writer.add_file_type(FILE_TYPES[QTYPES[bits]])
+    writer.add_file_type({**FILE_TYPES, **FLOAT_FILE_TYPES}[file_type])
     _tokenizer_metadata(writer, tokenizer)
 
-    from .quantize import embedding_codes
-
-    tables = {f"{n}.weight": q for n, q in embedding_codes(model).items()}
+    tables = {f"{n}.weight": q for n, q in
+              (embedding_codes(model) if tables is None else tables).items()}
     state = model.state_dict()
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    counts = {"quantized": 0, "q8_0": 0, "f16": 0, "f32": 0}
+    counts: dict[str, int] = {}
     heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}
     for key, tensor in state.items():
-        array = tensor.detach().float().cpu().numpy()
         layer = key.removesuffix(".weight")
-        if layer in codes:
-            q = codes[layer]
-            c, d = q.codes, q.scales
-            if layer.rsplit(".", 1)[-1] in heads:  # a row order change: codes and scales alike
-                n = heads[layer.rsplit(".", 1)[-1]]
-                c, d = rope_permute(c, n), rope_permute(d, n)
-            data = pack_blocks(c, d, bits)
-            writer.add_tensor(gguf_name(key), data, raw_shape=data.shape, raw_dtype=qtype)
-            counts["quantized"] += c.numel()
-        elif key in tables:
-            data = pack_blocks(tables[key].codes, tables[key].scales, 8)
+        q = codes.get(layer) or tables.get(key)
+        rows = heads.get(layer.rsplit(".", 1)[-1]) if key.endswith(".weight") else None
+        if q is not None:
+            if rows:  # a row order change: every per-row tensor
+                q = dataclasses.replace(
+                    q, codes=rope_permute(q.codes, rows), scales=rope_permute(q.scales, rows),
+                    zeros=rope_permute(q.zeros, rows),
+                    supers=None if q.supers is None else rope_permute(q.supers, rows))
+            kind, data = pack(q)
             writer.add_tensor(gguf_name(key), data, raw_shape=data.shape,
-                              raw_dtype=GGMLQuantizationType.Q8_0)
-            counts["q8_0"] += array.size
-        elif array.ndim == 2:
-            writer.add_tensor(gguf_name(key), array.astype(np.float16))
-            counts["f16"] += array.size
+                              raw_dtype=getattr(GGMLQuantizationType, kind))
         else:
-            writer.add_tensor(gguf_name(key), array.astype(np.float32))
-            counts["f32"] += array.size
+            array = (rope_permute(tensor, rows) if rows else tensor).detach().float().cpu().numpy()
+            kind = "F16" if array.ndim == 2 and file_type != "F32" else "F32"
+            writer.add_tensor(gguf_name(key), array.astype(np.float16 if kind == "F16"
+                                                           else np.float32))
+        counts[kind] = counts.get(kind, 0) + tensor.numel()
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"tensor_type": QTYPES[bits], "weights": counts}
+    return {"file_type": file_type, "weights": counts}

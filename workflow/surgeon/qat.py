@@ -14,6 +14,8 @@ code of zero.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .quantize import Quantized, dequantize, quantize_codes
@@ -43,4 +45,4 @@ def fake_quantize(w: torch.Tensor, q: Quantized, removed: torch.Tensor) -> torch
 def requantize(w: torch.Tensor, q: Quantized, removed: torch.Tensor) -> Quantized:
     """The merged weight's codes on the same grid (scales and zero points unchanged)."""
     codes = grid_codes(w, q, removed).to(torch.int16).cpu()
-    return Quantized(codes, q.scales.clone(), q.zeros.clone(), q.grid)
+    return dataclasses.replace(q, codes=codes)

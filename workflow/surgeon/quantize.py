@@ -5,8 +5,15 @@ Grids, per group of `group_size` consecutive input columns of a row, scales stor
 * symmetric 4 bit = llama.cpp Q4_0: d = m / -8 with m the group's element of largest magnitude
   (sign kept), codes q in [-8, 7], w ~ q d.
 * symmetric 8 bit = llama.cpp Q8_0: d = max|w| / 127, q in [-127, 127].
+* symmetric 5 bit = llama.cpp Q5_0: d = m / -16, q in [-16, 15].
 * asymmetric b bit: d = (max(w, 0) - min(w, 0)) / (2^b - 1), integer zero point z = round(-min/d),
   q in [0, 2^b - 1], w ~ (q - z) d.
+* K-quants (`super_size` 256): a float16 super-block scale D multiplies each group's small
+  integer scale s, d = D s. Q6_K: groups of 16, s int8, q in [-32, 31]; D = s_max / -128 of
+  the groups' Q5_0-style scales. Q4_K: groups of 32, 6-bit s and 6-bit min m, q in [0, 15],
+  w ~ D s q - Dmin m. llama.cpp's m is free; here Dmin = D r with r a power of two and
+  m = z s / r, so the min is an integer zero point z and zero stays on the grid (`super_scales`,
+  `kquant_group_scales`).
 Zero is on every grid, and removed (pruned) weights are forced to code 0 (z when asymmetric),
 so a pruned model keeps its exact sparsity pattern.
 
@@ -30,30 +37,62 @@ class Grid:
     bits: int = 4
     group_size: int = 32
     symmetric: bool = True
+    super_size: int = 0  # K-quants: weights sharing one float16 super-block scale
 
     def check(self, columns: int) -> None:
-        if self.symmetric and self.bits not in (4, 8):
-            raise SurgeonError("symmetric grids are llama.cpp's Q4_0 and Q8_0: bits 4 or 8")
+        if self.super_size and self not in GGML_GRIDS.values():
+            raise SurgeonError("super-block grids are llama.cpp's Q4_K and Q6_K only")
+        if self.symmetric and not self.super_size and self.bits not in (4, 5, 8):
+            raise SurgeonError("symmetric grids are llama.cpp's Q4_0, Q5_0 and Q8_0: bits 4, 5 "
+                               "or 8")
         if not 2 <= self.bits <= 8:
             raise SurgeonError(f"bits must be in 2..8, got {self.bits}")
-        if columns % self.group_size:
-            raise SurgeonError(f"group size {self.group_size} does not divide {columns} columns")
+        block = self.super_size or self.group_size
+        if columns % block:
+            raise SurgeonError(f"{'super-block' if self.super_size else 'group'} size {block} "
+                               f"does not divide {columns} columns")
 
     @property
     def code_range(self) -> tuple[int, int]:
         if self.symmetric:
-            return (-8, 7) if self.bits == 4 else (-127, 127)
+            half = 2 ** (self.bits - 1)
+            return (-127, 127) if self.bits == 8 else (-half, half - 1)
         return 0, 2**self.bits - 1
 
 
-def group_scales(w: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale d (float16 values, as float64) and zero point z of each row of w (rows x group)."""
+# llama.cpp's block types on these grids (gguf_export packs them)
+GGML_GRIDS = {
+    "Q4_0": Grid(4, 32, True),
+    "Q5_0": Grid(5, 32, True),
+    "Q8_0": Grid(8, 32, True),
+    "Q4_K": Grid(4, 32, False, 256),
+    "Q6_K": Grid(6, 16, True, 256),
+}
+
+
+def ggml_type(grid: Grid) -> str | None:
+    """The ggml block type a grid is (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K), or None."""
+    return next((name for name, g in GGML_GRIDS.items() if g == grid), None)
+
+
+def signed_max_scale(w: torch.Tensor, levels: int) -> torch.Tensor:
+    """m / -levels per row, m the element of largest magnitude with its sign (Q4_0/Q5_0): the
+    extreme weight lands exactly on code -levels, the asymmetric end of the signed range."""
+    idx = w.abs().argmax(dim=1, keepdim=True)
+    return w.gather(1, idx).squeeze(1) / -levels
+
+
+def group_scales(w: torch.Tensor, grid: Grid,
+                 supers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale d (as float64) and zero point z of each row of w (rows x group); on a K-quant
+    grid `supers` holds each row's super-block (D, Dmin) from `super_scales`."""
+    if grid.super_size:
+        return kquant_group_scales(w, grid, supers)
     if grid.symmetric:
-        if grid.bits == 4:
-            idx = w.abs().argmax(dim=1, keepdim=True)
-            d = w.gather(1, idx).squeeze(1) / -8
-        else:
+        if grid.bits == 8:
             d = w.abs().amax(dim=1) / 127
+        else:
+            d = signed_max_scale(w, 2 ** (grid.bits - 1))
         zero = torch.zeros_like(d)
     else:
         lo, hi = w.amin(dim=1).clamp(max=0), w.amax(dim=1).clamp(min=0)
@@ -63,6 +102,75 @@ def group_scales(w: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tenso
     if not grid.symmetric:
         zero = torch.round(-lo / d).clamp(0, 2**grid.bits - 1)
     return d, zero
+
+
+KQ_SCALE_MAX = {4: 63, 6: 127}  # Q4_K's 6-bit scales and mins, Q6_K's int8 scales
+ZERO_SHIFTS = (1, 2, 4, 8, 16)  # Q4_K: Dmin = D r; r = 16 fits every z s <= 15 * 63 in 6 bits
+
+
+def _asym_ideal(w: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unrounded asymmetric scale and zero point of each row of w (range [min(w,0), max(w,0)])."""
+    lo, hi = w.amin(dim=1).clamp(max=0), w.amax(dim=1).clamp(min=0)
+    s = (hi - lo) / levels
+    return s, torch.where(s > 0, -lo / torch.where(s > 0, s, 1), 0)
+
+
+def super_scales(w: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """(D, Dmin) of each row of w (rows x super_size weights), float16 values as float64.
+
+    Q6_K: D = s_max / -128, s_max the signed Q5_0-style scale (m / -32) of largest magnitude
+    among the row's groups. Q4_K: D = max group scale / 63 and Dmin = D r with the smallest
+    power of two r that holds every group's ideal m = z s / r in 6 bits."""
+    rows, g = w.shape[0], grid.group_size
+    groups = w.reshape(-1, g)
+    if grid.symmetric:
+        s = signed_max_scale(groups, 32).reshape(rows, -1)
+        s_max = s.gather(1, s.abs().argmax(dim=1, keepdim=True)).squeeze(1)
+        D = (s_max / -128).half().double()
+        D = torch.where(D == 0, torch.ones_like(D), D)
+        return torch.stack([D, torch.zeros_like(D)], dim=1)
+    s, z = (t.reshape(rows, -1) for t in _asym_ideal(groups, 2**grid.bits - 1))
+    D = (s.amax(dim=1) / KQ_SCALE_MAX[4]).half().double()
+    D = torch.where(D == 0, torch.ones_like(D), D)
+    sc = torch.round(s / D[:, None]).clamp(1, KQ_SCALE_MAX[4])
+    product = (torch.round(z).clamp(0, 15) * sc).amax(dim=1)
+    r = torch.full_like(D, ZERO_SHIFTS[-1])
+    for shift in reversed(ZERO_SHIFTS):
+        r = torch.where(product <= KQ_SCALE_MAX[4] * shift, float(shift), r)
+    return torch.stack([D, D * r], dim=1)
+
+
+def kquant_group_scales(w: torch.Tensor, grid: Grid,
+                        supers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """d = D s and z of each row of w (rows x group) under its super-block's (D, Dmin).
+
+    Q6_K: s = round(m / -32 / D) in int8, never 0 for a non-zero group. Q4_K: s in [1, 63] and
+    z in [0, 15] with z s a multiple of r = Dmin / D and z s / r <= 63 (so m = z s / r is an
+    exact 6-bit min and D s z == Dmin m: zero on the grid); among (z, s) within 2 and 4 of the
+    group's ideal, and (0, ideal s), the pair of least squared rounding error."""
+    D, Dmin = supers[:, 0], supers[:, 1]
+    if grid.symmetric:
+        ratio = signed_max_scale(w, 32) / D
+        s = torch.round(ratio)
+        s = torch.where((s == 0) & (ratio != 0), torch.sign(ratio), s)  # keep a small group
+        s = torch.where(s == 0, torch.ones_like(s), s).clamp(-128, 127)  # all-zero: any scale
+        return D * s, torch.zeros_like(D)
+    s_ideal, z_ideal = _asym_ideal(w, 2**grid.bits - 1)
+    s0 = torch.round(s_ideal / D).clamp(1, KQ_SCALE_MAX[4])
+    z0 = torch.round(z_ideal * s_ideal / (D * s0)).clamp(0, 15)
+    dz = torch.arange(-2, 3, dtype=w.dtype, device=w.device)
+    ds = torch.arange(-4, 5, dtype=w.dtype, device=w.device)
+    z = (z0[:, None, None] + dz[None, :, None]).expand(-1, 5, 9).reshape(len(w), -1)
+    s = (s0[:, None, None] + ds[None, None, :]).expand(-1, 5, 9).reshape(len(w), -1)
+    z, s = torch.cat([z, torch.zeros_like(s0)[:, None]], 1), torch.cat([s, s0[:, None]], 1)
+    r = (Dmin / D)[:, None]
+    valid = (z >= 0) & (z <= 15) & (s >= 1) & (s <= KQ_SCALE_MAX[4]) \
+        & (torch.remainder(z * s, r) == 0) & (z * s <= KQ_SCALE_MAX[4] * r)
+    d = D[:, None] * s
+    q = torch.clamp(torch.round(w[:, None, :] / d[..., None]) + z[..., None], 0, 15)
+    err = ((q - z[..., None]) * d[..., None] - w[:, None, :]).square().sum(dim=2)
+    best = torch.where(valid, err, torch.inf).argmin(dim=1, keepdim=True)
+    return d.gather(1, best).squeeze(1), z.gather(1, best).squeeze(1)
 
 
 def quantize_codes(w: torch.Tensor, d: torch.Tensor, zero: torch.Tensor, grid: Grid,
@@ -81,12 +189,15 @@ def dequantize(q: torch.Tensor, d: torch.Tensor, zero: torch.Tensor) -> torch.Te
 
 @dataclass
 class Quantized:
-    """Codes (R x C int), scales and zero points (R x C/group) of one weight matrix."""
+    """Codes (R x C int), scales d and zero points (R x C/group) of one weight matrix; on a
+    K-quant grid also the super-block (D, Dmin) (R x C/super x 2) that the scales are integer
+    multiples of (d = D s)."""
 
     codes: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor
     grid: Grid
+    supers: torch.Tensor | None = None
 
     def weight(self) -> torch.Tensor:
         g = self.grid.group_size
@@ -95,29 +206,55 @@ class Quantized:
         return dequantize(self.codes.double(), d, z)
 
 
-def rtn_quantize(W: torch.Tensor, grid: Grid, removed: torch.Tensor | None = None) -> Quantized:
-    """Round every group to its nearest grid point."""
+def _by_groups(W: torch.Tensor, size: int) -> torch.Tensor:
+    """R x C -> (C/size * R) x size, the groups of one column block after another."""
+    R, C = W.shape
+    return W.reshape(R, C // size, size).transpose(0, 1).reshape(-1, size)
+
+
+def _from_groups(x: torch.Tensor, R: int) -> torch.Tensor:
+    """Inverse of _by_groups for one value (or `size` values) per group."""
+    return x.reshape(-1, R, *x.shape[1:]).transpose(0, 1).reshape(R, -1)
+
+
+def rtn_quantize(W: torch.Tensor, grid: Grid, removed: torch.Tensor | None = None,
+                 chunk: int = 1 << 14) -> Quantized:
+    """Round every group to its nearest grid point (K-quants: super-blocks first)."""
     grid.check(W.shape[1])
     R, C = W.shape
     g = grid.group_size
-    groups = W.double().reshape(R, C // g, g).transpose(0, 1).reshape(-1, g)
-    d, zero = group_scales(groups, grid)
-    q = quantize_codes(groups, d[:, None], zero[:, None], grid)
-    q = q.reshape(C // g, R, g).transpose(0, 1).reshape(R, C)
-    d, zero = d.reshape(C // g, R).T, zero.reshape(C // g, R).T
+    W = W.double()
     if removed is not None:
-        q = torch.where(removed, zero.repeat_interleave(g, dim=1), q)
-    return Quantized(q.to(torch.int16), d.float(), zero.to(torch.int16), grid)
+        W = torch.where(removed.to(W.device), 0.0, W)
+    supers = None
+    if grid.super_size:
+        supers = super_scales(_by_groups(W, grid.super_size), grid)  # (C/S * R) x 2
+        per_group = supers.reshape(-1, 1, R, 2).expand(-1, grid.super_size // g, -1, -1)
+        group_supers = per_group.reshape(-1, 2)  # group order of _by_groups(W, g)
+        supers = _from_groups(supers, R).reshape(R, -1, 2)
+    groups = _by_groups(W, g)
+    d, zero = torch.empty(len(groups), dtype=W.dtype), torch.empty(len(groups), dtype=W.dtype)
+    for i in range(0, len(groups), chunk):
+        part = slice(i, i + chunk)
+        d[part], zero[part] = group_scales(groups[part], grid,
+                                           None if supers is None else group_supers[part])
+    q = quantize_codes(groups, d[:, None], zero[:, None], grid)
+    q, d, zero = _from_groups(q, R), _from_groups(d, R), _from_groups(zero, R)
+    return Quantized(q.to(torch.int16), d.float(), zero.to(torch.int16), grid,
+                     None if supers is None else supers.float())
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, grid: Grid,
                   removed: torch.Tensor | None = None, damp: float = 0.01,
                   blocksize: int = 128) -> Quantized:
-    """GPTQ of W (R x C) with Hessian H (C x C); `removed` weights stay exactly zero."""
+    """GPTQ of W (R x C) with Hessian H (C x C); `removed` weights stay exactly zero. On a
+    K-quant grid a super-block's (D, Dmin) is set when the sweep reaches its first column, from
+    the weights as the error feedback has left them, as a group's scale is."""
     grid.check(W.shape[1])
     R, C = W.shape
-    g = grid.group_size
-    blocksize = g * max(1, blocksize // g)  # a group never straddles two blocks
+    g, S = grid.group_size, grid.super_size
+    unit = S or g
+    blocksize = unit * max(1, blocksize // unit)  # a group never straddles two blocks
     W = W.double().clone()
     H = H.double().clone()
     removed = torch.zeros(R, C, dtype=torch.bool, device=W.device) if removed is None \
@@ -128,15 +265,20 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, grid: Grid,
     codes = torch.zeros(R, C, dtype=torch.float64, device=W.device)
     scales = torch.zeros(R, C // g, dtype=torch.float64, device=W.device)
     zeros = torch.zeros_like(scales)
+    supers = torch.zeros(R, C // S, 2, dtype=torch.float64, device=W.device) if S else None
     for i1 in range(0, C, blocksize):
         i2 = min(i1 + blocksize, C)
         W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
         errors = torch.zeros_like(W1)
         for i in range(i2 - i1):
             c = i1 + i
+            if S and c % S == 0:
+                block = torch.where(removed[:, c : c + S], 0.0, W1[:, i : i + S])
+                supers[:, c // S] = super_scales(block, grid)
             if c % g == 0:
                 group = torch.where(removed[:, c : c + g], 0.0, W1[:, i : i + g])
-                scales[:, c // g], zeros[:, c // g] = group_scales(group, grid)
+                scales[:, c // g], zeros[:, c // g] = group_scales(
+                    group, grid, supers[:, c // S] if S else None)
             d, z = scales[:, c // g], zeros[:, c // g]
             q = quantize_codes(W1[:, i], d, z, grid, removed[:, c])
             codes[:, c] = q
@@ -144,19 +286,26 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, grid: Grid,
             W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
             errors[:, i] = err
         W[:, i2:] -= errors @ U[i1:i2, i2:]
-    return Quantized(codes.to(torch.int16), scales.float(), zeros.to(torch.int16), grid)
+    return Quantized(codes.to(torch.int16), scales.float(), zeros.to(torch.int16), grid,
+                     None if supers is None else supers.float())
 
 
 def bits_per_weight(grid: Grid) -> float:
-    """Stored bits per weight of the grid: the code, a float16 scale per group and, when
-    asymmetric, an 8-bit zero point per group."""
+    """Stored bits per weight of the grid: the code, each group's scale (float16; K-quants:
+    6-bit scale and min, or int8 scale), an 8-bit zero point per group when asymmetric, and
+    the float16 super-block scales (Q4_K: D and Dmin). Q4_K 4.5, Q6_K 6.5625."""
+    if grid.super_size:
+        per_group = 12 if not grid.symmetric else 8
+        return grid.bits + per_group / grid.group_size + \
+            16 * (1 if grid.symmetric else 2) / grid.super_size
     return grid.bits + (16 + (0 if grid.symmetric else 8)) / grid.group_size
 
 
-def quantize_model(model, method: str, grid: Grid, removed: dict, curvature=None,
+def quantize_model(model, method: str, grid: Grid | dict, removed: dict, curvature=None,
                    damp: float = 0.01, device: str = "cpu", progress: bool = True) -> dict:
     """Quantize every decoder Linear in place (weights become the dequantized values).
 
+    `grid` is one grid for all layers or {layer: grid} (a llama.cpp type mixture, ggml_plan);
     `removed` maps layer names to masks (True = pruned) of the weight's shape; `curvature` is
     an open curvature file whose A factors are GPTQ's H (the bias column, if any, is dropped).
     Returns {layer: Quantized}.
@@ -174,14 +323,16 @@ def quantize_model(model, method: str, grid: Grid, removed: dict, curvature=None
     for name, layer in tqdm(decoder_linears(model).items(), desc=method, disable=not progress):
         W = layer.weight.detach().to(device)
         mask = removed[name].to(device)
+        layer_grid = grid[name] if isinstance(grid, dict) else grid
         if method == "rtn":
-            q = rtn_quantize(W, grid, mask)
+            q = rtn_quantize(W, layer_grid, mask)
         else:
             A = read_factors(curvature, name)[0].to(device)[: W.shape[1], : W.shape[1]]
-            q = gptq_quantize(W, A, grid, mask, damp)
+            q = gptq_quantize(W, A, layer_grid, mask, damp)
         with torch.no_grad():
             layer.weight.copy_(q.weight().to(layer.weight))
-        out[name] = Quantized(q.codes.cpu(), q.scales.cpu(), q.zeros.cpu(), grid)
+        out[name] = Quantized(q.codes.cpu(), q.scales.cpu(), q.zeros.cpu(), layer_grid,
+                              None if q.supers is None else q.supers.cpu())
     return out
 
 
@@ -199,24 +350,26 @@ def embedding_tables(model) -> dict[str, torch.nn.Module]:
     return tables
 
 
-def embedding_codes(model) -> dict[str, Quantized]:
-    """Q8_0 codes of the token embedding and of an untied output head, {module name: codes}.
+def embedding_codes(model, grids: dict[str, Grid] | None = None) -> dict[str, Quantized]:
+    """RTN codes of the token embedding and of an untied output head, {module name: codes},
+    on `grids` (llama.cpp's choice for the file type, ggml_plan.tensor_types) or Q8_0.
 
-    What llama.cpp's quantizer does with these tables at Q4_0 when rows are not a multiple of
-    256 (SmolLM2's 576): Q8_0 instead of F16, 8.5 instead of 16 bits per weight. (With rows of
-    256k it would store the head as Q6_K and an untied embedding at the file's type; Q8_0 is
-    the larger, more accurate choice.) Tables whose width the 32-weight blocks do not divide
-    are left out. Rounding a table that is on the Q8_0 grid already gives its codes back.
+    Q8_0 is what llama.cpp's quantizer gives these tables at Q4_0 when rows are not a multiple
+    of 256 (SmolLM2's 576): 8.5 instead of the converter's 16 bits per weight. Tables whose
+    width the blocks do not divide are left out. Rounding a table that is on its grid already
+    gives its codes back.
     """
-    return {name: rtn_quantize(table.weight.detach(), EMBEDDING_GRID)
-            for name, table in embedding_tables(model).items()
-            if table.weight.shape[1] % EMBEDDING_GRID.group_size == 0}
+    tables = embedding_tables(model)
+    grids = grids or {name: EMBEDDING_GRID for name in tables}
+    return {name: rtn_quantize(table.weight.detach(), grids[name])
+            for name, table in tables.items()
+            if table.weight.shape[1] % (grids[name].super_size or grids[name].group_size) == 0}
 
 
-def quantize_embeddings(model) -> dict[str, Quantized]:
-    """Round the tables of embedding_codes to Q8_0 in place (the quantize stage does, so that
-    the model it evaluates is the one in the .gguf); their codes."""
-    codes = embedding_codes(model)
+def quantize_embeddings(model, grids: dict[str, Grid] | None = None) -> dict[str, Quantized]:
+    """Round the tables of embedding_codes to their grid in place (the quantize stage does, so
+    that the model it evaluates is the one in the .gguf); their codes."""
+    codes = embedding_codes(model, grids)
     tables = embedding_tables(model)
     with torch.no_grad():
         for name, q in codes.items():
@@ -225,32 +378,55 @@ def quantize_embeddings(model) -> dict[str, Quantized]:
 
 
 def save_codes(path, codes: dict[str, Quantized], info: dict) -> None:
-    """Integer codes (int8, or uint8 when asymmetric), float16 scales, uint8 zero points."""
+    """Integer codes (int8, or uint8 when asymmetric), scales (float16; K-quants: float32, as
+    D s needs up to 18 bits, with the float16 super-block (D, Dmin)), uint8 zero points; each
+    layer's grid in the metadata."""
+    import json
+
     from safetensors.torch import save_file
 
     tensors = {}
     for name, q in codes.items():
         signed = q.grid.symmetric
         tensors[f"{name}.codes"] = q.codes.to(torch.int8 if signed else torch.uint8).contiguous()
-        tensors[f"{name}.scales"] = q.scales.half().contiguous()
+        scales = q.scales.float() if q.grid.super_size else q.scales.half()
+        tensors[f"{name}.scales"] = scales.contiguous()
         if not signed:
             tensors[f"{name}.zeros"] = q.zeros.to(torch.uint8).contiguous()
-    save_file(tensors, str(path), metadata={k: str(v) for k, v in info.items()})
+        if q.supers is not None:
+            tensors[f"{name}.supers"] = q.supers.half().contiguous()
+    grids = {name: [q.grid.bits, q.grid.group_size, q.grid.symmetric, q.grid.super_size]
+             for name, q in codes.items()}
+    metadata = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+                for k, v in info.items()} | {"grids": json.dumps(grids)}
+    save_file(tensors, str(path), metadata=metadata)
 
 
-def load_codes(path) -> dict[str, Quantized]:
-    """What `save_codes` wrote, as Quantized per layer."""
+def load_codes(path, tables: bool = False) -> dict[str, Quantized]:
+    """What `save_codes` wrote, as Quantized per layer: the decoder Linears, or with `tables`
+    the embedding tables the info listed under `tables` (quantize stage on llama.cpp types)."""
+    import json
+
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-        grid = Grid(int(meta["bits"]), int(meta["group_size"]), meta["symmetric"] == "True")
-        names = sorted({k.rsplit(".", 1)[0] for k in f.keys()})
+        keys = set(f.keys())
+        if "grids" in meta:
+            grids = {name: Grid(*g) for name, g in json.loads(meta["grids"]).items()}
+        else:  # one grid for all layers, before per-layer grids
+            grid = Grid(int(meta["bits"]), int(meta["group_size"]), meta["symmetric"] == "True")
+            grids = {k.rsplit(".", 1)[0]: grid for k in keys}
+        listed = set(json.loads(meta.get("tables", "[]")))
         out = {}
-        for name in names:
+        for name, grid in sorted(grids.items()):
+            if (name in listed) != tables:
+                continue
             scales = f.get_tensor(f"{name}.scales").float()
             zeros = (f.get_tensor(f"{name}.zeros").to(torch.int16) if not grid.symmetric
                      else torch.zeros(scales.shape, dtype=torch.int16))
+            supers = (f.get_tensor(f"{name}.supers").float() if f"{name}.supers" in keys
+                      else None)
             out[name] = Quantized(f.get_tensor(f"{name}.codes").to(torch.int16), scales, zeros,
-                                  grid)
+                                  grid, supers)
     return out

@@ -9,40 +9,68 @@ from ..artifacts import made_by
 from ..errors import SurgeonError
 from ..model_folder import write_model_folder
 
+
+def quantization_plan(model, args) -> tuple[str | None, dict, dict]:
+    """(llama.cpp file type or None, {decoder Linear: grid}, {embedding table: grid}).
+
+    With --gguf-type every tensor gets the block llama-quantize would give it for that file
+    type (ggml_plan); a --bits/--group-size grid that is one of llama.cpp's file types (Q4_0,
+    Q5_0, Q8_0) is that file type; any other grid is used for every decoder Linear and leaves
+    the embedding as it is."""
+    from ..ggml_plan import FILE_TYPES, tensor_types, type_grids
+    from ..models import decoder_linears
+    from ..quantize import Grid, ggml_type
+
+    grid = Grid(args.bits, args.group_size, not args.asymmetric)
+    file_type = args.gguf_type or (ggml_type(grid) if ggml_type(grid) in FILE_TYPES else None)
+    layers = decoder_linears(model)
+    if file_type is None:
+        return None, {name: grid for name in layers}, {}
+    grids = type_grids(tensor_types(model, file_type))
+    return (file_type, {n: g for n, g in grids.items() if n in layers},
+            {n: g for n, g in grids.items() if n not in layers})
+
+
 def cmd_quantize(args):
     import contextlib
+    from collections import Counter
 
     from ..artifacts import check_free_space
     from ..curvature_store import open_curvature
-    from ..gguf_export import gguf_type
     from ..model_folder import output_folder_bytes
     from ..models import load_model, resolve_device
     from ..masks import load_mask, weight_columns
     from ..prune import decoder_weights
-    from ..quantize import Grid, bits_per_weight, quantize_embeddings, quantize_model
+    from ..quantize import bits_per_weight, ggml_type, quantize_embeddings, quantize_model
 
     start = time.time()
     check_free_space(args.out, output_folder_bytes(args.model, codes=True))
     model = load_model(args.model, "cpu")
     masks = load_mask(args.model, decoder_weights(model))
     removed = weight_columns(masks, model)
-    grid = Grid(args.bits, args.group_size, not args.asymmetric)
+    file_type, grids, table_grids = quantization_plan(model, args)
     curvature = open_curvature(args.curvature) if args.curvature else contextlib.nullcontext()
     with curvature as f:
-        codes = quantize_model(model, args.method, grid, removed, f, args.damp,
+        codes = quantize_model(model, args.method, grids, removed, f, args.damp,
                                str(resolve_device(args.device)))
-    # on llama.cpp's grids the embedding goes to Q8_0 too, as in the .gguf (gguf_export.py)
-    tables = quantize_embeddings(model) if gguf_type(grid) else {}
+    # the embedding on its llama.cpp block too, as in the .gguf (gguf_export.py)
+    tables = quantize_embeddings(model, table_grids) if table_grids else {}
     inputs = {"model": args.model, **({"curvature": args.curvature} if args.curvature else {})}
-    info = {"method": args.method, "bits": grid.bits, "group_size": grid.group_size,
-            "symmetric": grid.symmetric, "bits_per_weight": bits_per_weight(grid),
-            "quantized_weights": sum(q.codes.numel() for q in codes.values()),
-            "embeddings_q8_0": sorted(tables)}
+    weights = {name: q.codes.numel() for name, q in codes.items()}
+    bits = sum(bits_per_weight(codes[n].grid) * w for n, w in weights.items()) / sum(
+        weights.values())
+    first = next(iter(grids.values()))
+    info = {"method": args.method, "bits": first.bits, "group_size": first.group_size,
+            "symmetric": first.symmetric, "bits_per_weight": round(bits, 4),
+            "quantized_weights": sum(weights.values()), "tables": sorted(tables),
+            **({"gguf_type": file_type} if file_type else {}),
+            "tensor_types": dict(Counter(ggml_type(q.grid) or str(q.grid)
+                                         for q in {**codes, **tables}.values()))}
     write_model_folder(args.out, model, args.model, masks, "quantize", inputs,
-                        {"damp": args.damp}, start, codes=codes, codes_info=info,
+                        {"damp": args.damp}, start, codes={**codes, **tables}, codes_info=info,
                         quantization=info)
-    print(f"{args.method} {grid.bits}-bit, groups of {grid.group_size}: "
-          f"{info['bits_per_weight']:.3f} bits per decoder-Linear weight")
+    print(f"{args.method} {file_type or first}: {info['bits_per_weight']:.3f} bits per "
+          f"decoder-Linear weight, tensors {info['tensor_types']}")
 
 
 def cmd_export_gguf(args):
@@ -55,14 +83,17 @@ def cmd_export_gguf(args):
     quant = made_by(args.model).get("quantization")
     if not quant or not (Path(args.model) / QUANT_FILE).is_file():
         raise SurgeonError(f"{args.model} is not a quantized model (run the quantize stage)")
-    if not quant["symmetric"] or quant["group_size"] != 32 or quant["bits"] not in (4, 8):
-        raise SurgeonError("GGUF export needs the Q4_0/Q8_0 grid: symmetric, 4 or 8 bits, "
-                           f"groups of 32 (this model: {quant})")
+    if "gguf_type" not in quant and not (quant["symmetric"] and quant["group_size"] == 32
+                                         and quant["bits"] in (4, 8)):
+        raise SurgeonError("GGUF export needs llama.cpp block types: quantize with --gguf-type "
+                           f"or on the Q4_0/Q5_0/Q8_0 grid (this model: {quant})")
     model = load_model(args.model, "cpu")
     codes = load_codes(Path(args.model) / QUANT_FILE)
+    tables = load_codes(Path(args.model) / QUANT_FILE, tables=True)
     with atomic_path(args.out) as tmp:
         info = export_gguf(model, load_tokenizer(args.model), codes, tmp,
-                           name=Path(args.model).parent.name)
+                           name=Path(args.model).parent.name, tables=tables or None,  # none saved: Q8_0 as before
+                           file_type=quant.get("gguf_type"))
         size = tmp.stat().st_size
         total = sum(info["weights"].values())
         info.update(file_bytes=size, bits_per_weight_file=round(8 * size / total, 4))
@@ -94,6 +125,8 @@ def cmd_export_compressed_tensors(args):
 
 
 def add_parsers(sub) -> None:
+    from ..ggml_plan import FILE_TYPES
+
     s = sub.add_parser("quantize", help="RTN or GPTQ of every decoder Linear -> model folder")
     s.add_argument("--model", required=True, help="model folder to quantize")
     s.add_argument("--method", choices=["rtn", "gptq"], required=True,
@@ -103,11 +136,14 @@ def add_parsers(sub) -> None:
     s.add_argument("--group-size", type=int, default=32, help="weights sharing one scale")
     s.add_argument("--asymmetric", action="store_true", help="zero point per group")
     s.add_argument("--damp", type=float, default=0.01, help="GPTQ: relative damping of H")
+    s.add_argument("--gguf-type", default="", choices=["", *FILE_TYPES],
+                   help="llama.cpp file type: every tensor on the block llama-quantize gives it "
+                        "(overrides --bits, --group-size, --asymmetric)")
     s.add_argument("--device", default="auto", help="where the maths runs (auto: CUDA if present)")
     s.add_argument("--out", required=True, help="model folder to write")
     s.set_defaults(func=cmd_quantize)
 
-    s = sub.add_parser("export-gguf", help="quantized Llama (Q4_0/Q8_0 grid) -> .gguf file")
+    s = sub.add_parser("export-gguf", help="quantized Llama (llama.cpp block types) -> .gguf file")
     s.add_argument("--model", required=True, help="folder written by the quantize stage")
     s.add_argument("--out", required=True, help=".gguf file to write")
     s.set_defaults(func=cmd_export_gguf)

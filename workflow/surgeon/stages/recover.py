@@ -98,6 +98,7 @@ def cmd_qat(args):
     if not quant or not (Path(args.model) / QUANT_FILE).is_file():
         raise SurgeonError(f"{args.model} is not a quantized model (run the quantize stage)")
     codes = load_codes(Path(args.model) / QUANT_FILE)
+    tables = load_codes(Path(args.model) / QUANT_FILE, tables=True)  # untouched by LoRA
     model = load_model(args.model, resolve_device(args.device))
     masks = load_mask(args.model, decoder_weights(model), zeros=False)
     removed = weight_columns(masks, model)
@@ -111,10 +112,10 @@ def cmd_qat(args):
     info = {**quant, "qat": config, "quantized_from": str(args.model)}
     _write_losses(args.loss_out, losses)
     write_model_folder(args.out, model, args.model, masks, "qat", inputs, config, start,
-                        codes=codes, codes_info=quant, quantization=info,
+                        codes={**codes, **tables}, codes_info=quant, quantization=info,
                         initial_loss=losses[0], final_loss=losses[-1])
     print(f"quantization-aware LoRA: loss {losses[0]:.4f} -> {losses[-1]:.4f}, re-quantized on "
-          f"the same {quant['bits']}-bit grid")
+          f"the same grid ({quant.get('gguf_type') or str(quant['bits']) + '-bit'})")
 
 
 def cmd_teacher_logits(args):

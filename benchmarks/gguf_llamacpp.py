@@ -1,0 +1,110 @@
+"""Our GGUF exports against llama.cpp's own quantizer, scored in llama.cpp itself.
+
+For each model folder (with the curvature file GPTQ reads its H from) and each llama.cpp file
+type: our GPTQ codes on llama-quantize's per-tensor types (the quantize stage with
+--gguf-type), exported, and llama-quantize of the same model written as F32. Columns: file
+bytes, our evaluation of the quantized weights (transformers), and llama.cpp's perplexity of
+each file, in-domain and out of domain. Needs llama-cpp-python (`make llama-cpp`).
+
+  python benchmarks/gguf_llamacpp.py --model results/smollm2-135m/dense/model \\
+      --curvature results/smollm2-135m/dense/curvature.h5 --types Q4_0 Q4_K_M
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from surgeon import llamacpp
+from surgeon.curvature_store import open_curvature
+from surgeon.data import load_windows
+from surgeon.evaluate import perplexity
+from surgeon.ggml_plan import tensor_types, type_grids
+from surgeon.gguf_export import export_gguf
+from surgeon.masks import load_mask, weight_columns
+from surgeon.models import decoder_linears, load_model, load_tokenizer
+from surgeon.prune import decoder_weights
+from surgeon.quantize import quantize_embeddings, quantize_model
+
+DATA = Path("results/smollm2-135m/data")
+
+
+def ours(folder, curvature, file_type, out: Path, windows, threads) -> dict:
+    """GPTQ on llama-quantize's types, exported; our and llama.cpp's perplexities."""
+    model, tokenizer = load_model(folder, "cpu"), load_tokenizer(folder)
+    removed = weight_columns(load_mask(folder, decoder_weights(model)), model)
+    grids = type_grids(tensor_types(model, file_type))
+    layers = decoder_linears(model)
+    with open_curvature(curvature) as f:
+        codes = quantize_model(model, "gptq", {n: grids[n] for n in layers}, removed, f,
+                               progress=False)
+    tables = quantize_embeddings(model, {n: g for n, g in grids.items() if n not in layers})
+    export_gguf(model, tokenizer, codes, out, tables=tables, file_type=file_type)
+    return {"bytes": out.stat().st_size,
+            "ours": [perplexity(model, w, progress=False) for w in windows],
+            "llama.cpp": [llamacpp.perplexity(out, w, threads) for w in windows]}
+
+
+def theirs(f32: Path, file_type, out: Path, windows, threads) -> dict:
+    llamacpp.quantize(f32, out, file_type, threads)
+    return {"bytes": out.stat().st_size,
+            "llama.cpp": [llamacpp.perplexity(out, w, threads) for w in windows]}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", nargs="+", default=["results/smollm2-135m/dense/model"],
+                   help="model folders")
+    p.add_argument("--curvature", nargs="+", default=["results/smollm2-135m/dense/curvature.h5"],
+                   help="curvature .h5 of each model (GPTQ's H)")
+    p.add_argument("--types", nargs="+", default=["Q4_0", "Q4_K_M"], help="llama.cpp file types")
+    p.add_argument("--evaluation", default=str(DATA / "evaluation.safetensors"))
+    p.add_argument("--ood", default=str(DATA / "ood.safetensors"))
+    p.add_argument("--windows", type=int, default=0, help="first N windows of each (0 = all)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="", help="JSON of the rows (default: print only)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    windows = [load_windows(path)[0] for path in (args.evaluation, args.ood)]
+    windows = [w[: args.windows] if args.windows else w for w in windows]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for folder, curvature in zip(args.model, args.curvature, strict=True):
+            model = load_model(folder, "cpu")
+            f32 = tmp / "f32.gguf"
+            export_gguf(model, load_tokenizer(folder), {}, f32, tables={}, file_type="F32")
+            f32_ppl = [llamacpp.perplexity(f32, w, args.threads) for w in windows]
+            dense = [perplexity(model, w, progress=False) for w in windows]
+            rows.append({"model": folder, "type": "F32", "bytes": f32.stat().st_size,
+                         "ours": dense, "llama.cpp": f32_ppl})
+            for file_type in args.types:
+                start = time.time()
+                row = ours(folder, curvature, file_type, tmp / "ours.gguf", windows,
+                           args.threads)
+                rows.append({"model": folder, "type": file_type, "by": "ours (GPTQ)",
+                             "seconds": round(time.time() - start), **row})
+                row = theirs(f32, file_type, tmp / "theirs.gguf", windows, args.threads)
+                rows.append({"model": folder, "type": file_type, "by": "llama-quantize", **row})
+                for r in rows[-2:]:
+                    print(json.dumps(r), flush=True)
+    print("| model | type | quantized by | file bytes | our ppl (in / ood) | llama.cpp ppl "
+          "(in / ood) |")
+    print("|---|---|---|---:|---|---|")
+    for r in rows:
+        ppl = " / ".join(f"{x:.3f}" for x in r.get("ours", [])) or "-"
+        print(f"| {r['model']} | {r['type']} | {r.get('by', 'export')} | {r['bytes']:,} | "
+              f"{ppl} | {' / '.join(f'{x:.3f}' for x in r['llama.cpp'])} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

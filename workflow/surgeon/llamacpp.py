@@ -1,0 +1,64 @@
+"""GGUF files scored and quantized by llama.cpp itself, through the optional llama-cpp-python.
+
+`perplexity` runs each evaluation window through llama.cpp and takes the same statistic as
+evaluate.perplexity (exp of the mean over windows of the window's mean next-token NLL) from
+llama.cpp's own logits, so a file can be checked against our evaluation of the weights it was
+written from. `quantize` is llama-quantize (llama.cpp's quantizer, no importance matrix) of an
+F32 file, the baseline our exports are compared with. llama-cpp-python builds llama.cpp from
+source (`make llama-cpp`, several minutes), so it is not part of the default install.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import SurgeonError
+
+
+def llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        raise SurgeonError("scoring in llama.cpp needs the optional llama-cpp-python package "
+                           "(make llama-cpp)") from None
+    return llama_cpp
+
+
+def perplexity(gguf: Path, windows: torch.Tensor, threads: int | None = None) -> float:
+    """exp(mean over windows of the mean NLL of tokens 1.. given the ones before), from
+    llama.cpp's logits of the file."""
+    lib = llama_cpp()
+    threads = threads or os.cpu_count() or 1
+    llm = lib.Llama(model_path=str(gguf), n_ctx=windows.shape[1], n_batch=windows.shape[1],
+                    logits_all=True, n_threads=threads, verbose=False, seed=0)
+    nlls = []
+    for ids in windows.tolist():
+        llm.reset()
+        llm.eval(ids)
+        logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        log_z = np.log(np.exp(logits).sum(axis=1))
+        nlls.append(float(np.mean(log_z - logits[np.arange(len(ids) - 1), ids[1:]])))
+    llm.close()
+    return math.exp(float(np.mean(nlls)))
+
+
+def quantize(source: Path, out: Path, file_type: str, threads: int | None = None) -> None:
+    """llama-quantize `source` (an F32/F16 .gguf) to `file_type` (ggml_plan.FILE_TYPES)."""
+    import ctypes
+
+    from .ggml_plan import FILE_TYPES
+
+    lib = llama_cpp()
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = FILE_TYPES[file_type]
+    params.nthread = threads or os.cpu_count() or 1
+    status = lib.llama_model_quantize(str(source).encode(), str(out).encode(),
+                                      ctypes.byref(params))
+    if status != 0:
+        raise SurgeonError(f"llama.cpp could not quantize {source} to {file_type} ({status})")
