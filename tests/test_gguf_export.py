@@ -1,5 +1,7 @@
 """GGUF export: gguf's reader gets back exactly the quantized weights; transformers loads it."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -207,11 +209,18 @@ def test_llama_cpp_scores_our_file_as_we_do(q4_k_m_export):
     from surgeon.evaluate import perplexity
     from surgeon.models import load_model, load_tokenizer
 
+    from surgeon.data import save_windows
+
     folder = q4_k_m_export / "quantized"
     windows = random_windows(4, 64, seed=3)
-    ours = perplexity(load_model(folder, "cpu"), windows, progress=False)
-    theirs = llamacpp.perplexity(q4_k_m_export / "model.gguf", windows, threads=1)
-    assert abs(theirs / ours - 1) < 0.01, (ours, theirs)
+    save_windows(q4_k_m_export / "windows.safetensors", windows, {})
+    surgeon("--threads", "1", "evaluate", "--model", folder, "--evaluation",
+            q4_k_m_export / "windows.safetensors", "--exports", q4_k_m_export / "model.gguf",
+            "--llama-cpp", "--out", q4_k_m_export / "eval.json")
+    scores = json.loads((q4_k_m_export / "eval.json").read_text())
+    assert abs(scores["ppl_llamacpp"] / scores["ppl"] - 1) < 0.01, scores
+    assert scores["ppl"] == pytest.approx(perplexity(load_model(folder, "cpu"), windows,
+                                                     progress=False), rel=1e-9)
 
     dense = load_model(q4_k_m_export / "pruned", "cpu")
     export_gguf(dense, load_tokenizer(folder), {}, q4_k_m_export / "f32.gguf", tables={},

@@ -24,8 +24,9 @@ rule evaluate:
         labels=eval_labels,
         ood=lambda wildcards, input: f"--ood {input.ood}" if input.ood else "",
         speed=speed_options,
+        llama_cpp=llama_cpp_option,
         device=config["device"],
     shell:
         "surgeon --threads {threads} evaluate --model {input.model} --evaluation {input.evaluation}"
         " {params.ood} --out {output} --model-name {wildcards.model} {params.labels} {params.speed}"
-        " --exports {input.exports} --device {params.device} 2>&1 | tee {log}"
+        " --exports {input.exports} {params.llama_cpp} --device {params.device} 2>&1 | tee {log}"

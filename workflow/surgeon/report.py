@@ -14,6 +14,19 @@ COLUMNS = ["model", "experiment", "method", "structure", "target", "shot", "stag
            "bits_per_weight"]
 
 
+# perplexity of a .gguf export computed by llama.cpp (config llama_cpp_scoring), when measured
+LLAMA_CPP_COLUMNS = ["ppl_llamacpp", "ppl_ood_llamacpp"]
+
+
+def report_columns(rows: list[dict]) -> list[str]:
+    """COLUMNS, and the llama.cpp ones when a row has them (empty cells for the others)."""
+    extra = [c for c in LLAMA_CPP_COLUMNS if any(c in r for r in rows)]
+    for r in rows:
+        for c in extra:
+            r.setdefault(c, "")
+    return COLUMNS + extra
+
+
 def summary_rows(eval_files: list[str | Path]) -> list[dict]:
     rows = []
     for path in eval_files:
@@ -35,6 +48,7 @@ def summary_rows(eval_files: list[str | Path]) -> list[dict]:
             "compress_wall_s": e.get("compress_wall_s", 0.0),
             "tokens_per_s": e.get("tokens_per_s", ""),
             "bits_per_weight": e.get("quantization", {}).get("bits_per_weight", ""),
+            **{k: round(e[k], 3) for k in LLAMA_CPP_COLUMNS if k in e},
         })
     rows.sort(key=lambda r: (r["model"], r["experiment"] != "dense", r["experiment"], r["shot"],
                              r["stage"] == "recovered"))

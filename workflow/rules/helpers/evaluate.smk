@@ -46,3 +46,9 @@ def evaluated_exports(wildcards):
         return []
     quant = wildcards.stage.removeprefix("quantized-")
     return quantization_exports(wildcards.experiment, quant, wildcards.model)
+
+
+def llama_cpp_option(wildcards, input):
+    """Score the .gguf export in llama.cpp too (config llama_cpp_scoring)."""
+    gguf = [f for f in input.exports if f.endswith(".gguf")]
+    return "--llama-cpp" if config["llama_cpp_scoring"] and gguf else ""

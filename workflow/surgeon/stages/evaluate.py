@@ -7,6 +7,24 @@ import time
 from ..artifacts import made_by, prune_settings
 from ..data import load_windows
 
+
+def llama_cpp_scores(args, windows) -> dict:
+    """Perplexities of the model's .gguf export computed by llama.cpp itself, beside ours."""
+    from pathlib import Path
+
+    from .. import llamacpp
+    from ..errors import SurgeonError
+
+    files = [Path(f) for f in args.exports if str(f).endswith(".gguf")]
+    if not files:
+        raise SurgeonError("--llama-cpp scores a .gguf export: none among --exports")
+    scores = {"ppl_llamacpp": llamacpp.perplexity(files[0], windows, args.threads)}
+    if args.ood:
+        scores["ppl_ood_llamacpp"] = llamacpp.perplexity(files[0], load_windows(args.ood)[0],
+                                                         args.threads)
+    return scores
+
+
 def cmd_evaluate(args):
     import torch
 
@@ -31,6 +49,8 @@ def cmd_evaluate(args):
     extra = {k: maker[k] for k in ("compaction", "quantization") if k in maker}
     if args.exports:
         extra["export_bytes"] = export_sizes(args.exports)
+    if args.llama_cpp:
+        extra.update(llama_cpp_scores(args, windows))
     speed = {}
     if args.speed_new_tokens:
         from ..evaluate import tokens_per_second
@@ -78,5 +98,8 @@ def add_parsers(sub) -> None:
                    help="exported files/folders of a quantized model (.gguf, compressed-tensors)"
                    " whose sizes are recorded")
     s.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    s.add_argument("--llama-cpp", action="store_true",
+                   help="also score the .gguf among --exports in llama.cpp itself (needs the "
+                        "optional llama-cpp-python: make llama-cpp)")
     s.add_argument("--device", default="auto", help="where the model runs (auto: CUDA if present)")
     s.set_defaults(func=cmd_evaluate)

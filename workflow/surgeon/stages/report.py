@@ -9,11 +9,13 @@ from .figures import add_plot_parser
 
 def cmd_report(args):
     from ..artifacts import atomic_path
-    from ..report import (COLUMNS, compaction_markdown, summary_rows, to_csv, to_markdown,
-                         with_zeroshot)
+    from ..report import (compaction_markdown, report_columns, summary_rows, to_csv,
+                         to_markdown, with_zeroshot)
 
-    rows, zeroshot = with_zeroshot(summary_rows(args.evals), args.zeroshot)
-    columns = COLUMNS + zeroshot
+    rows = summary_rows(args.evals)
+    columns = report_columns(rows)
+    rows, zeroshot = with_zeroshot(rows, args.zeroshot)
+    columns += zeroshot
     markdown = to_markdown(rows, columns) + compaction_markdown(args.evals)
     for figure in args.figures:
         markdown += f"\n![{Path(figure).stem}]({Path(figure).name})\n"
