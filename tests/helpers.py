@@ -64,6 +64,32 @@ def tiny_model(arch: str, seed: int = 0, layers: int = 2):
     return OPTForCausalLM(cfg).eval()
 
 
+SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+
+
+def family_model(family: str, seed: int = 0):
+    """A tiny random-weight model of a decoder family: llama, opt, mistral, qwen2 (q/k/v
+    biases), qwen3 (q/k norms, head_dim 8), gemma2 (head_dim 16, tied, soft-capping) or phi3
+    (fused projections), in eval mode."""
+    import transformers as tf
+
+    if family in ("llama", "opt"):
+        return tiny_model(family, seed)
+    configs = {
+        "mistral": lambda: tf.MistralConfig(**SMALL, tie_word_embeddings=False),
+        "qwen2": lambda: tf.Qwen2Config(**SMALL, tie_word_embeddings=False),
+        "qwen3": lambda: tf.Qwen3Config(**SMALL, head_dim=8, tie_word_embeddings=False),
+        "gemma2": lambda: tf.Gemma2Config(**SMALL, head_dim=16, tie_word_embeddings=True,
+                                          attn_logit_softcapping=50.0,
+                                          final_logit_softcapping=30.0),
+        "phi3": lambda: tf.Phi3Config(**SMALL, tie_word_embeddings=False, pad_token_id=0),
+    }
+    torch.manual_seed(seed)
+    model = tf.AutoModelForCausalLM.from_config(configs[family]()).eval()
+    return model
+
+
 def random_windows(n: int, seqlen: int, seed: int = 0) -> torch.Tensor:
     """`n` windows of `seqlen` random token ids below VOCAB (seeded)."""
     return torch.randint(0, VOCAB, (n, seqlen), generator=torch.Generator().manual_seed(seed))

@@ -8,7 +8,8 @@ cannot handle is refused in one line."""
 import pytest
 import torch
 
-from helpers import VOCAB, curvature_file, direct_factors, random_windows, removed_so_far, tiny_model
+from helpers import (SMALL, VOCAB, curvature_file, direct_factors, family_model, random_windows,
+                     removed_so_far)
 from surgeon.curvature import estimate_kfac
 from surgeon.curvature_store import open_curvature
 from surgeon.evaluate import perplexity
@@ -18,29 +19,6 @@ from surgeon.quantize import Grid, quantize_model
 from surgeon.errors import SurgeonError
 from surgeon.models import check_architecture, decoder_linears
 from surgeon.prune import prune_shot
-
-SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-
-
-def family_model(family: str, seed: int = 0):
-    import transformers as tf
-
-    if family in ("llama", "opt"):
-        return tiny_model(family, seed)
-    configs = {
-        "mistral": lambda: tf.MistralConfig(**SMALL, tie_word_embeddings=False),
-        "qwen2": lambda: tf.Qwen2Config(**SMALL, tie_word_embeddings=False),
-        "qwen3": lambda: tf.Qwen3Config(**SMALL, head_dim=8, tie_word_embeddings=False),
-        "gemma2": lambda: tf.Gemma2Config(**SMALL, head_dim=16, tie_word_embeddings=True,
-                                          attn_logit_softcapping=50.0,
-                                          final_logit_softcapping=30.0),
-        "phi3": lambda: tf.Phi3Config(**SMALL, tie_word_embeddings=False, pad_token_id=0),
-    }
-    torch.manual_seed(seed)
-    model = tf.AutoModelForCausalLM.from_config(configs[family]()).eval()
-    return model
-
 
 FAMILIES = ["mistral", "qwen2", "qwen3", "gemma2", "phi3"]
 ALL = ["llama", "opt", *FAMILIES]

@@ -1,4 +1,5 @@
-"""GGUF export of a quantized Llama for llama.cpp: llama.cpp block types, llama metadata.
+"""GGUF export of a quantized model for llama.cpp (Llama, Mistral, Qwen2, Qwen3): llama.cpp block
+types and metadata.
 
 The quantize stage's grids are llama.cpp's blocks (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K; the mixture of a
 file type such as Q4_K_M chosen per tensor as llama-quantize does, ggml_plan). Its codes and
@@ -7,8 +8,9 @@ dequantized weights: after GPTQ's error feedback a group's largest weight need n
 extreme code any more, and re-quantizing would pick another scale. So the file holds exactly
 the model that was evaluated. The token embedding and an untied output head get the block
 llama.cpp gives them (SmolLM2's 576-wide rows: Q8_0) with the codes the quantize stage saved,
-instead of the F16 of llama.cpp's converter. Norms are F32. q_proj and k_proj rows are permuted
-into llama.cpp's rotary layout (the inverse of what readers such as transformers undo).
+instead of the F16 of llama.cpp's converter. Norms and biases are F32. For the llama
+architecture q_proj and k_proj rows are permuted into llama.cpp's rotary layout (the inverse of
+what readers such as transformers undo); Qwen's rotary layout is transformers' own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ import torch
 
 from .errors import SurgeonError
 
+# transformers model_type -> llama.cpp architecture (Mistral is written as llama, as
+# llama.cpp's converter does); only llama's rotary layout differs from transformers'
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+
 LAYER_NAMES = {
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
@@ -92,8 +99,10 @@ def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model",
     from .quantize import embedding_codes, ggml_type
 
     cfg = model.config
-    if cfg.model_type != "llama":
-        raise SurgeonError(f"GGUF export supports the llama architecture, not {cfg.model_type}")
+    arch = ARCHITECTURES.get(cfg.model_type)
+    if arch is None:
+        raise SurgeonError(f"GGUF export supports {', '.join(ARCHITECTURES)} models, not "
+                           f"{cfg.model_type}")
     types = {ggml_type(q.grid) for q in codes.values()}
     file_type = file_type or (types.pop() if len(types) == 1 else None)
     unquantized = file_type in FLOAT_FILE_TYPES and not codes and tables == {}
@@ -101,7 +110,7 @@ def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model",
         raise SurgeonError(f"GGUF export needs llama.cpp block types with one file type "
                            f"({', '.join(FILE_TYPES)}), got {file_type or sorted(map(str, types))}")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    writer = GGUFWriter(str(out), "llama")
+    writer = GGUFWriter(str(out), arch)
     writer.add_name(name)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
@@ -110,6 +119,8 @@ def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model",
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_head_count_kv(cfg.num_key_value_heads)
     writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", None)
                                     or cfg.rope_parameters["rope_theta"]))
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
@@ -123,7 +134,8 @@ def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model",
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     counts: dict[str, int] = {}
-    heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}
+    heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads} \
+        if arch == "llama" else {}
     for key, tensor in state.items():
         layer = key.removesuffix(".weight")
         q = codes.get(layer) or tables.get(key)

@@ -29,22 +29,29 @@ def llama_cpp():
     return llama_cpp
 
 
-def perplexity(gguf: Path, windows: torch.Tensor, threads: int | None = None) -> float:
-    """exp(mean over windows of the mean NLL of tokens 1.. given the ones before), from
-    llama.cpp's logits of the file."""
+def window_logits(gguf: Path, windows: torch.Tensor, threads: int | None = None):
+    """llama.cpp's logits (float64, tokens x vocab) of each window, one window at a time."""
     lib = llama_cpp()
     threads = threads or os.cpu_count() or 1
     llm = lib.Llama(model_path=str(gguf), n_ctx=windows.shape[1], n_batch=windows.shape[1],
                     logits_all=True, n_threads=threads, verbose=False, seed=0)
+    try:
+        for ids in windows.tolist():
+            llm.reset()
+            llm.eval(ids)
+            yield np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    finally:
+        llm.close()
+
+
+def perplexity(gguf: Path, windows: torch.Tensor, threads: int | None = None) -> float:
+    """exp(mean over windows of the mean NLL of tokens 1.. given the ones before), from
+    llama.cpp's logits of the file."""
     nlls = []
-    for ids in windows.tolist():
-        llm.reset()
-        llm.eval(ids)
-        logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
+    for ids, logits in zip(windows.tolist(), window_logits(gguf, windows, threads)):
+        logits = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
         log_z = np.log(np.exp(logits).sum(axis=1))
         nlls.append(float(np.mean(log_z - logits[np.arange(len(ids) - 1), ids[1:]])))
-    llm.close()
     return math.exp(float(np.mean(nlls)))
 
 
