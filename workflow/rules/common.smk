@@ -222,8 +222,8 @@ def quantization_grid(quant):
 
 
 def quantization_exports(name, quant, model=MODEL):
-    """A .gguf when the quantization is a llama.cpp file type (gguf_type, or the Q4_0/Q5_0/Q8_0
-    grid), a compressed-tensors folder when it is one 4- or 8-bit grid for all layers."""
+    """A .gguf for a llama.cpp file type (gguf_type, or the Q4_0/Q5_0/Q8_0 grid), a
+    compressed-tensors folder for one 4- or 8-bit grid for all layers."""
     spec = quantization_grid(quant)
     folder = f"results/{model}/{name}/quantized/{quant}"
     gguf_type = spec.get("gguf_type")
