@@ -236,18 +236,29 @@ def test_llama_cpp_scores_our_file_as_we_do(q4_k_m_export):
                      for t in GGUFReader(str(q4_k_m_export / "theirs.gguf")).tensors}
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama-bias", "mistral", "qwen2", "qwen3"])
 def test_other_families_export_as_llama_cpp_reads_them(family, tmp_path, tokenizer):
-    """Mistral (as llama.cpp's llama), Qwen2 (q/k/v biases) and Qwen3 (q/k norms) on Q8_0:
-    gguf's reader returns the quantized weights in the family's rotary layout (permuted for
-    llama only), biases and norms as they are; llama.cpp, where installed, scores the file as
-    we score the model."""
+    """A Llama with attention biases, Mistral (as llama.cpp's llama), Qwen2 (q/k/v biases) and
+    Qwen3 (q/k norms) on Q8_0: gguf's reader returns the quantized weights in the family's
+    rotary layout (q/k weights and biases permuted for llama only), biases and norms; llama.cpp,
+    where installed, gives the file the model's logits."""
     from gguf import GGUFReader, dequantize
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from helpers import family_model
+    from helpers import SMALL, family_model
     from surgeon.ggml_plan import tensor_types, type_grids
 
-    model = peaked_attention(family_model(family))
+    if family == "llama-bias":
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**SMALL, attention_bias=True,
+                                             tie_word_embeddings=False)).eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("proj.bias"):
+                    p.normal_(0, 0.5)
+    else:
+        model = family_model(family)
+    model = peaked_attention(model)
     grids = type_grids(tensor_types(model, "Q8_0"))
     layers = decoder_linears(model)
     removed = {n: layer.weight == 0 for n, layer in layers.items()}
@@ -257,19 +268,19 @@ def test_other_families_export_as_llama_cpp_reads_them(family, tmp_path, tokeniz
     export_gguf(model, tokenizer, codes, path, tables=tables)
     reader = GGUFReader(str(path))
     arch = reader.fields["general.architecture"]
-    assert bytes(arch.parts[arch.data[0]]).decode() == ("llama" if family == "mistral"
-                                                         else family)
+    llama = family in ("llama-bias", "mistral")
+    assert bytes(arch.parts[arch.data[0]]).decode() == ("llama" if llama else family)
     tensors = {t.name: t for t in reader.tensors}
-    heads = {"q_proj": 4, "k_proj": 2} if family == "mistral" else {}
+    heads = {"q_proj": 4, "k_proj": 2} if llama else {}
     for key, value in model.state_dict().items():
         t = tensors[gguf_name(key)]
         expected = value.detach()
         kind = key.rsplit(".", 2)[-2]
-        if kind in heads and key.endswith(".weight"):
+        if kind in heads:
             expected = rope_permute(expected, heads[kind])
         got = dequantize(t.data, t.tensor_type).reshape(expected.shape)
         np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=0)
-    if family == "qwen2":
+    if family in ("qwen2", "llama-bias"):
         assert "blk.0.attn_q.bias" in tensors
     if family == "qwen3":
         assert "blk.1.attn_k_norm.weight" in tensors

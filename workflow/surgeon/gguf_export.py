@@ -139,7 +139,7 @@ def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model",
     for key, tensor in state.items():
         layer = key.removesuffix(".weight")
         q = codes.get(layer) or tables.get(key)
-        rows = heads.get(layer.rsplit(".", 1)[-1]) if key.endswith(".weight") else None
+        rows = heads.get(key.rsplit(".", 2)[-2])  # q/k weights and biases, in llama only
         if q is not None:
             if rows:  # a row order change: every per-row tensor
                 q = dataclasses.replace(
