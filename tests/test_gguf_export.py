@@ -317,3 +317,44 @@ def assert_same_logits(gguf, model, windows, rms=0.03):
         spread = ours[i].std()
         assert np.sqrt(((theirs - ours[i]) ** 2).mean()) < rms * spread, i
         assert np.abs(theirs - ours[i]).max() < 7 * rms * spread, i
+
+
+@pytest.mark.parametrize("float_type", ["F16", "F32"])
+def test_unquantized_export_keeps_pruned_zeros(float_type, tmp_path, tokenizer):
+    """export-gguf --float-type writes a pruned, unquantized model for llama.cpp's own tools:
+    every matrix in that float type (q/k rows in llama.cpp's order), zeros exactly zero."""
+    from gguf import GGUFReader
+
+    from helpers import prune_randomly
+
+    model = tiny_model("llama")
+    prune_randomly(model, 0.5)
+    model.save_pretrained(tmp_path / "pruned")
+    tokenizer.save_pretrained(tmp_path / "pruned")
+    surgeon("export-gguf", "--model", tmp_path / "pruned", "--float-type", float_type,
+            "--out", tmp_path / "m.gguf")
+    tensors = {t.name: t for t in GGUFReader(str(tmp_path / "m.gguf")).tensors}
+    heads = {"q_proj": 4, "k_proj": 2}
+    for name, layer in decoder_linears(model).items():
+        t = tensors[gguf_name(name + ".weight")]
+        assert t.tensor_type.name == float_type
+        expected = layer.weight.detach()
+        kind = name.rsplit(".", 1)[-1]
+        if kind in heads:
+            expected = rope_permute(expected, heads[kind])
+        got = np.asarray(t.data, dtype=np.float32).reshape(expected.shape)
+        dtype = np.float16 if float_type == "F16" else np.float32
+        np.testing.assert_array_equal(got, expected.numpy().astype(dtype).astype(np.float32))
+        assert (got[expected.numpy() == 0] == 0).all()
+
+
+def test_float_type_is_refused_for_a_quantized_model(q4_k_m_export):
+    import subprocess
+    import sys
+
+    out = q4_k_m_export / "float.gguf"
+    r = subprocess.run([sys.executable, "-m", "surgeon", "export-gguf", "--model",
+                        str(q4_k_m_export / "quantized"), "--float-type", "F16", "--out",
+                        str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and "is quantized" in r.stderr.splitlines()[-1]
+    assert not out.exists()

@@ -81,19 +81,27 @@ def cmd_export_gguf(args):
 
     start = time.time()
     quant = made_by(args.model).get("quantization")
-    if not quant or not (Path(args.model) / QUANT_FILE).is_file():
-        raise SurgeonError(f"{args.model} is not a quantized model (run the quantize stage)")
-    if "gguf_type" not in quant and not (quant["symmetric"] and quant["group_size"] == 32
-                                         and quant["bits"] in (4, 8)):
+    quantized = quant and (Path(args.model) / QUANT_FILE).is_file()
+    if args.float_type and quantized:
+        raise SurgeonError(f"{args.model} is quantized: export its codes (no --float-type)")
+    if not args.float_type and not quantized:
+        raise SurgeonError(f"{args.model} is not a quantized model (run the quantize stage, or "
+                           "give --float-type F16|F32 for an unquantized file)")
+    if quantized and "gguf_type" not in quant and not (
+            quant["symmetric"] and quant["group_size"] == 32 and quant["bits"] in (4, 8)):
         raise SurgeonError("GGUF export needs llama.cpp block types: quantize with --gguf-type "
                            f"or on the Q4_0/Q5_0/Q8_0 grid (this model: {quant})")
     model = load_model(args.model, "cpu")
-    codes = load_codes(Path(args.model) / QUANT_FILE)
-    tables = load_codes(Path(args.model) / QUANT_FILE, tables=True)
+    if quantized:
+        codes = load_codes(Path(args.model) / QUANT_FILE)
+        tables = load_codes(Path(args.model) / QUANT_FILE, tables=True) or None  # None: Q8_0
+        file_type = quant.get("gguf_type")
+    else:  # pruned zeros stay zeros in F16 / F32
+        codes, tables, file_type = {}, {}, args.float_type
     with atomic_path(args.out) as tmp:
         info = export_gguf(model, load_tokenizer(args.model), codes, tmp,
-                           name=Path(args.model).parent.name, tables=tables or None,  # none saved: Q8_0 as before
-                           file_type=quant.get("gguf_type"))
+                           name=Path(args.model).parent.name, tables=tables,
+                           file_type=file_type)
         size = tmp.stat().st_size
         total = sum(info["weights"].values())
         info.update(file_bytes=size, bits_per_weight_file=round(8 * size / total, 4))
@@ -143,9 +151,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--out", required=True, help="model folder to write")
     s.set_defaults(func=cmd_quantize)
 
-    s = sub.add_parser("export-gguf", help="quantized Llama (llama.cpp block types) -> .gguf file")
+    s = sub.add_parser("export-gguf", help="quantized model (llama.cpp block types) -> .gguf file")
     s.add_argument("--model", required=True, help="folder written by the quantize stage")
     s.add_argument("--out", required=True, help=".gguf file to write")
+    s.add_argument("--float-type", default="", choices=["", "F16", "F32"],
+                   help="an unquantized model (dense or pruned) as F16 or F32, for llama.cpp's "
+                        "own tools such as llama-quantize")
     s.set_defaults(func=cmd_export_gguf)
 
     s = sub.add_parser("export-compressed-tensors",
