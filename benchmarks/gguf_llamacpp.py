@@ -24,10 +24,10 @@ from surgeon import llamacpp
 from surgeon.curvature_store import open_curvature
 from surgeon.data import load_windows
 from surgeon.evaluate import perplexity
-from surgeon.ggml_plan import tensor_types, type_grids
+from surgeon.ggml_plan import file_type_grids
 from surgeon.gguf_export import export_gguf
 from surgeon.masks import load_mask, weight_columns
-from surgeon.models import decoder_linears, load_model, load_tokenizer
+from surgeon.models import load_model, load_tokenizer
 from surgeon.prune import decoder_weights
 from surgeon.quantize import quantize_embeddings, quantize_model
 
@@ -38,12 +38,11 @@ def ours(folder, curvature, file_type, out: Path, windows, threads) -> dict:
     """GPTQ on llama-quantize's types, exported; our and llama.cpp's perplexities."""
     model, tokenizer = load_model(folder, "cpu"), load_tokenizer(folder)
     removed = weight_columns(load_mask(folder, decoder_weights(model)), model)
-    grids = type_grids(tensor_types(model, file_type))
-    layers = decoder_linears(model)
+    grids, table_grids = file_type_grids(model, file_type)
     with open_curvature(curvature) as f:
-        codes = quantize_model(model, "gptq", {n: grids[n] for n in layers}, removed, f,
+        codes = quantize_model(model, "gptq", grids, removed, f,
                                progress=False)
-    tables = quantize_embeddings(model, {n: g for n, g in grids.items() if n not in layers})
+    tables = quantize_embeddings(model, table_grids)
     export_gguf(model, tokenizer, codes, out, tables=tables, file_type=file_type)
     return {"bytes": out.stat().st_size,
             "ours": [perplexity(model, w, progress=False) for w in windows],

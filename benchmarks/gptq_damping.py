@@ -19,9 +19,9 @@ import torch
 from surgeon.curvature_store import open_curvature
 from surgeon.data import load_windows
 from surgeon.evaluate import perplexity
-from surgeon.ggml_plan import tensor_types, type_grids
+from surgeon.ggml_plan import file_type_grids
 from surgeon.masks import load_mask, weight_columns
-from surgeon.models import decoder_linears, load_model
+from surgeon.models import load_model
 from surgeon.prune import decoder_weights
 from surgeon.quantize import quantize_embeddings, quantize_model
 
@@ -31,13 +31,12 @@ DATA = Path("results/smollm2-135m/data")
 def scores(folder, curvature, file_type, method, damp, windows) -> dict:
     model = load_model(folder, "cpu")
     removed = weight_columns(load_mask(folder, decoder_weights(model)), model)
-    grids = type_grids(tensor_types(model, file_type))
-    layers = decoder_linears(model)
+    grids, table_grids = file_type_grids(model, file_type)
     start = time.time()
     with open_curvature(curvature) as f:
-        quantize_model(model, method, {n: grids[n] for n in layers}, removed, f, damp,
+        quantize_model(model, method, grids, removed, f, damp,
                        progress=False)
-    quantize_embeddings(model, {n: g for n, g in grids.items() if n not in layers})
+    quantize_embeddings(model, table_grids)
     seconds = time.time() - start
     ppl = [perplexity(model, w, progress=False) for w in windows]
     return {"model": folder, "type": file_type, "method": method, "damp": damp,

@@ -246,7 +246,7 @@ def test_other_families_export_as_llama_cpp_reads_them(family, tmp_path, tokeniz
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from helpers import SMALL, family_model
-    from surgeon.ggml_plan import tensor_types, type_grids
+    from surgeon.ggml_plan import file_type_grids
 
     if family == "llama-bias":
         torch.manual_seed(0)
@@ -259,11 +259,10 @@ def test_other_families_export_as_llama_cpp_reads_them(family, tmp_path, tokeniz
     else:
         model = family_model(family)
     model = peaked_attention(model)
-    grids = type_grids(tensor_types(model, "Q8_0"))
-    layers = decoder_linears(model)
-    removed = {n: layer.weight == 0 for n, layer in layers.items()}
-    codes = quantize_model(model, "rtn", {n: grids[n] for n in layers}, removed, progress=False)
-    tables = quantize_embeddings(model, {n: g for n, g in grids.items() if n not in layers})
+    grids, table_grids = file_type_grids(model, "Q8_0")
+    removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}
+    codes = quantize_model(model, "rtn", grids, removed, progress=False)
+    tables = quantize_embeddings(model, table_grids)
     path = tmp_path / "m.gguf"
     export_gguf(model, tokenizer, codes, path, tables=tables)
     reader = GGUFReader(str(path))

@@ -78,8 +78,12 @@ def tensor_types(model, file_type: str) -> dict[str, str]:
     return types
 
 
-def type_grids(types: dict[str, str]) -> dict:
-    """{name: quantize.Grid} of tensor_types' answer."""
+def file_type_grids(model, file_type: str) -> tuple[dict, dict]:
+    """({decoder Linear: quantize.Grid}, {embedding table: quantize.Grid}) of tensor_types."""
+    from .models import decoder_linears
     from .quantize import GGML_GRIDS
 
-    return {name: GGML_GRIDS[t] for name, t in types.items()}
+    layers = decoder_linears(model)
+    grids = {name: GGML_GRIDS[t] for name, t in tensor_types(model, file_type).items()}
+    return ({n: g for n, g in grids.items() if n in layers},
+            {n: g for n, g in grids.items() if n not in layers})

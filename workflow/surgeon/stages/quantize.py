@@ -17,18 +17,15 @@ def quantization_plan(model, args) -> tuple[str | None, dict, dict]:
     type (ggml_plan); a --bits/--group-size grid that is one of llama.cpp's file types (Q4_0,
     Q5_0, Q8_0) is that file type; any other grid is used for every decoder Linear and leaves
     the embedding as it is."""
-    from ..ggml_plan import FILE_TYPES, tensor_types, type_grids
+    from ..ggml_plan import FILE_TYPES, file_type_grids
     from ..models import decoder_linears
     from ..quantize import Grid, ggml_type
 
     grid = Grid(args.bits, args.group_size, not args.asymmetric)
     file_type = args.gguf_type or (ggml_type(grid) if ggml_type(grid) in FILE_TYPES else None)
-    layers = decoder_linears(model)
     if file_type is None:
-        return None, {name: grid for name in layers}, {}
-    grids = type_grids(tensor_types(model, file_type))
-    return (file_type, {n: g for n, g in grids.items() if n in layers},
-            {n: g for n, g in grids.items() if n not in layers})
+        return None, {name: grid for name in decoder_linears(model)}, {}
+    return (file_type, *file_type_grids(model, file_type))
 
 
 def cmd_quantize(args):
