@@ -14,16 +14,24 @@ from .models import decoder_linears
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool = True) -> float:
+def window_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL of each window (batch x tokens x vocab logits, batch x tokens ids)."""
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:],
+                           reduction="none").mean(dim=1)
+
+
+def perplexity_of(nlls: list[torch.Tensor]) -> float:
     """exp(mean over windows of the mean next-token NLL of the window)."""
+    return math.exp(torch.cat(nlls).double().mean().item())
+
+
+def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool = True) -> float:
     device = next(model.parameters()).device
     nlls = []
     for i in tqdm(range(0, len(windows), batch_size), desc="perplexity", disable=not progress):
         ids = windows[i : i + batch_size].to(device)
-        logits = model(ids).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").mean(dim=1)
-        nlls.append(nll.cpu())
-    return math.exp(torch.cat(nlls).double().mean().item())
+        nlls.append(window_nll(model(ids).logits.float(), ids).cpu())
+    return perplexity_of(nlls)
 
 
 def sparsity_stats(model) -> dict:

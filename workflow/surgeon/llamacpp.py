@@ -10,7 +10,6 @@ source (`make llama-cpp`, several minutes), so it is not part of the default ins
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -45,14 +44,11 @@ def window_logits(gguf: Path, windows: torch.Tensor, threads: int | None = None)
 
 
 def perplexity(gguf: Path, windows: torch.Tensor, threads: int | None = None) -> float:
-    """exp(mean over windows of the mean NLL of tokens 1.. given the ones before), from
-    llama.cpp's logits of the file."""
-    nlls = []
-    for ids, logits in zip(windows.tolist(), window_logits(gguf, windows, threads)):
-        logits = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
-        log_z = np.log(np.exp(logits).sum(axis=1))
-        nlls.append(float(np.mean(log_z - logits[np.arange(len(ids) - 1), ids[1:]])))
-    return math.exp(float(np.mean(nlls)))
+    """evaluate.perplexity's statistic from llama.cpp's logits of the file."""
+    from .evaluate import perplexity_of, window_nll
+
+    return perplexity_of([window_nll(torch.from_numpy(logits)[None], ids[None])
+                          for ids, logits in zip(windows, window_logits(gguf, windows, threads))])
 
 
 def quantize(source: Path, out: Path, file_type: str, threads: int | None = None) -> None:

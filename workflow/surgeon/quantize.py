@@ -226,20 +226,20 @@ def rtn_quantize(W: torch.Tensor, grid: Grid, removed: torch.Tensor | None = Non
     W = W.double()
     if removed is not None:
         W = torch.where(removed.to(W.device), 0.0, W)
-    supers = None
+    block_supers = group_supers = None
     if grid.super_size:
-        supers = super_scales(_by_groups(W, grid.super_size), grid)  # (C/S * R) x 2
-        per_group = supers.reshape(-1, 1, R, 2).expand(-1, grid.super_size // g, -1, -1)
-        group_supers = per_group.reshape(-1, 2)  # group order of _by_groups(W, g)
-        supers = _from_groups(supers, R).reshape(R, -1, 2)
+        block_supers = super_scales(_by_groups(W, grid.super_size), grid)  # (C/S * R) x 2
+        group_supers = block_supers.reshape(-1, 1, R, 2).expand(
+            -1, grid.super_size // g, -1, -1).reshape(-1, 2)  # group order of _by_groups(W, g)
     groups = _by_groups(W, g)
     d, zero = torch.empty(len(groups), dtype=W.dtype), torch.empty(len(groups), dtype=W.dtype)
     for i in range(0, len(groups), chunk):
         part = slice(i, i + chunk)
         d[part], zero[part] = group_scales(groups[part], grid,
-                                           None if supers is None else group_supers[part])
+                                           None if group_supers is None else group_supers[part])
     q = quantize_codes(groups, d[:, None], zero[:, None], grid)
     q, d, zero = _from_groups(q, R), _from_groups(d, R), _from_groups(zero, R)
+    supers = None if block_supers is None else _from_groups(block_supers, R).reshape(R, -1, 2)
     return Quantized(q.to(torch.int16), d.float(), zero.to(torch.int16), grid,
                      None if supers is None else supers.float())
 

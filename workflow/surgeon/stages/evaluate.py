@@ -8,7 +8,7 @@ from ..artifacts import made_by, prune_settings
 from ..data import load_windows
 
 
-def llama_cpp_scores(args, windows) -> dict:
+def llama_cpp_scores(args, windows, ood_windows=None) -> dict:
     """Perplexities of the model's .gguf export computed by llama.cpp itself, beside ours."""
     from pathlib import Path
 
@@ -19,9 +19,8 @@ def llama_cpp_scores(args, windows) -> dict:
     if not files:
         raise SurgeonError("--llama-cpp scores a .gguf export: none among --exports")
     scores = {"ppl_llamacpp": llamacpp.perplexity(files[0], windows, args.threads)}
-    if args.ood:
-        scores["ppl_ood_llamacpp"] = llamacpp.perplexity(files[0], load_windows(args.ood)[0],
-                                                         args.threads)
+    if ood_windows is not None:
+        scores["ppl_ood_llamacpp"] = llamacpp.perplexity(files[0], ood_windows, args.threads)
     return scores
 
 
@@ -37,12 +36,11 @@ def cmd_evaluate(args):
     windows, _meta = load_windows(args.evaluation)
     model = load_model(args.model, resolve_device(args.device))
     ppl = perplexity(model, windows, args.batch_size)
+    ood_windows, extra_ppl = None, {}
     if args.ood:
         ood_windows, ood_meta = load_windows(args.ood)
         extra_ppl = {"ppl_ood": perplexity(model, ood_windows, args.batch_size),
                      "ood_source": ood_meta.get("source", ""), "ood_windows": len(ood_windows)}
-    else:
-        extra_ppl = {}
     stats = sparsity_stats(model)
     maker = made_by(args.model)
     compress_wall = maker.get("compress_wall_s", 0.0)
@@ -50,7 +48,7 @@ def cmd_evaluate(args):
     if args.exports:
         extra["export_bytes"] = export_sizes(args.exports)
     if args.llama_cpp:
-        extra.update(llama_cpp_scores(args, windows))
+        extra.update(llama_cpp_scores(args, windows, ood_windows))
     speed = {}
     if args.speed_new_tokens:
         from ..evaluate import tokens_per_second
