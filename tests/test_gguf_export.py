@@ -117,6 +117,36 @@ def test_transformers_loads_the_file(tmp_path, tokenizer):
         assert (loaded(x).logits - model(x).logits).abs().max() < 1e-4
 
 
+def test_import_parses_the_file_once(tmp_path, tokenizer, monkeypatch):
+    """import-model's GGUF load parses the file once (transformers alone: three times) and
+    gives the model and tokenizer that transformers' own load gives."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from surgeon.models import load_source
+
+    model, codes = quantized_tiny(4, "gptq")
+    export_gguf(model, tokenizer, codes, tmp_path / "m.gguf")
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf",
+                                                  dtype=torch.float32)
+    their_tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+    parsed, reader_class = [], gguf.GGUFReader
+
+    def counting_reader(*args, **kwargs):
+        parsed.append(args[0])
+        return reader_class(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting_reader)
+    ours, our_tokenizer = load_source(str(tmp_path / "m.gguf"))
+    assert len(parsed) == 1
+    assert gguf.GGUFReader is counting_reader  # the load's own patch is undone
+    theirs_sd = theirs.state_dict()
+    for name, tensor in ours.state_dict().items():
+        assert torch.equal(tensor, theirs_sd[name]), name
+    text = "def f(x):\n    return x + 1"
+    assert our_tokenizer(text).input_ids == their_tokenizer(text).input_ids
+
+
 def test_other_grids_are_refused(tmp_path, tokenizer):
     model = tiny_model("llama")
     removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}

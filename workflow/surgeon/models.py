@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import nn
@@ -61,8 +63,36 @@ def _plain_copy(model):
     return plain.eval()
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses a GGUF file three times (config, tokenizer, weights; 5 s each for
+    SmolLM2's 49k-token vocabulary) and rebuilds gguf's tensor-name map once per tensor (8 s):
+    while loading, each file is parsed once and each name map built once. Both are read-only."""
+    import gguf
+
+    readers: dict = {}
+    name_maps: dict = {}
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+
+    def reader(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = reader_class(path, mode)
+        return readers[key]
+
+    def tensor_name_map(arch, n_blocks):
+        if (arch, n_blocks) not in name_maps:
+            name_maps[arch, n_blocks] = name_map(arch, n_blocks)
+        return name_maps[arch, n_blocks]
+
+    with mock.patch.object(gguf, "GGUFReader", reader), \
+            mock.patch.object(gguf, "get_tensor_name_map", tensor_name_map):
+        yield
+
+
 def _from_gguf(path: Path):
-    model, tokenizer = _from_pretrained(str(path.parent), gguf_file=path.name)
+    with _gguf_parsed_once():
+        model, tokenizer = _from_pretrained(str(path.parent), gguf_file=path.name)
     return _plain_copy(model), tokenizer
 
 
