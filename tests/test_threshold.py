@@ -35,3 +35,18 @@ def test_global_threshold_deterministic_on_ties():
 
 def test_linear_schedule():
     assert [linear_schedule(0.5, 4, t) for t in range(1, 5)] == [0.125, 0.25, 0.375, 0.5]
+
+
+def test_kth_smallest_equals_kthvalue():
+    """The bracketed selection returns kthvalue's value, also with ties, at the ends, and when
+    the sample's bracket misses (many equal entries)."""
+    from surgeon.threshold import kth_smallest
+
+    g = torch.Generator().manual_seed(1)
+    heavy = torch.randn(40_000, generator=g) ** 2 * torch.exp(2 * torch.randn(40_000, generator=g))
+    tied = heavy.clone()
+    tied[:15_000] = -1.0  # removed earlier: one value shared by 3/8 of the pool
+    rounded = (heavy * 4).round() / 4  # few distinct values
+    for pool in (heavy, tied, rounded):
+        for k in (1, 2, 9_999, 15_000, 15_001, 20_000, 39_999, 40_000):
+            assert kth_smallest(pool, k, sample=1024) == torch.kthvalue(pool, k).values, k

@@ -7,6 +7,25 @@ import torch
 REMOVED = -1.0  # cost of an already-removed element: below every real cost, chosen first
 
 
+def kth_smallest(flat: torch.Tensor, k: int, sample: int = 1 << 20) -> torch.Tensor:
+    """The k-th smallest entry (1-based) of a 1-D tensor, exactly. For a large pool a random
+    sample brackets it (quantiles k/n -+ 0.5%), one pass counts what lies below the bracket,
+    and kthvalue runs on the ~1% inside: about twice as fast as kthvalue on 100M costs. When
+    the bracket misses (ties, bad luck), kthvalue on the whole pool."""
+    n = flat.numel()
+    if n <= 16 * sample:
+        return torch.kthvalue(flat, k).values
+    generator = torch.Generator().manual_seed(0)
+    picked = flat[torch.randint(n, (sample,), generator=generator)].double()
+    q = torch.tensor([max(k / n - 0.005, 0.0), min(k / n + 0.005, 1.0)], dtype=torch.float64)
+    lo, hi = torch.quantile(picked, q).to(flat.dtype)
+    below = int((flat < lo).sum())
+    inside = flat[(flat >= lo) & (flat <= hi)]
+    if below < k <= below + inside.numel():
+        return torch.kthvalue(inside, k - below).values
+    return torch.kthvalue(flat, k).values
+
+
 def smallest_k_mask(costs: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of exactly the k smallest entries; ties broken by index order."""
     flat = costs.reshape(-1)
@@ -15,7 +34,7 @@ def smallest_k_mask(costs: torch.Tensor, k: int) -> torch.Tensor:
         return mask.view(costs.shape)
     if k >= flat.numel():
         return ~mask.view(costs.shape)
-    tau = torch.kthvalue(flat.cpu(), k).values.to(flat.device)
+    tau = kth_smallest(flat.cpu(), k).to(flat.device)
     mask = flat < tau
     need = k - int(mask.sum())
     ties = torch.nonzero(flat == tau).flatten()[:need]
