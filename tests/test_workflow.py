@@ -295,3 +295,28 @@ def test_smoke_preset_plans_every_stage(tmp_path):
     assert "results/smollm2-135m-smoke/llm-surgeon-unstructured-50/shot-2/model" in r.stdout
     assert "results/report/smoke/summary.md" in r.stdout
     assert "results/smollm2-135m/" not in r.stdout and "results/report/summary" not in r.stdout
+
+
+def test_cores_per_job(tmp_path):
+    """On 4 cores the compression chain and every tokens/s measurement (dense, compact) take
+    all 4; evaluations of other models, zero-shot scoring and compaction take 2, so two share
+    the machine."""
+    r = snakemake(tmp_path, "--configfile", str(REPO / "config/config.yaml"), "-n", "--nolock",
+                  "--cores", "4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    threads = {}
+    for block in r.stdout.split("\n\n"):
+        rule = next((line.split()[-1].rstrip(":") for line in block.splitlines()
+                     if line.startswith(("rule ", "localrule "))), None)
+        stage = next((line.split("stage=")[-1] for line in block.splitlines()
+                      if "stage=" in line), "")
+        count = next((int(line.split()[-1]) for line in block.splitlines()
+                      if line.strip().startswith("threads:")), 1)
+        if rule:
+            threads.setdefault((rule, stage.split("-")[0]), set()).add(count)
+    assert threads[("evaluate", "dense")] == threads[("evaluate", "compact")] == {4}
+    assert threads[("evaluate", "shot")] == threads[("evaluate", "recovered")] == {2}
+    assert threads[("zeroshot", "dense")] == threads[("compact", "")] == {2}
+    for rule in ("import_model", "calibrate", "estimate_dense_curvature", "estimate_curvature",
+                 "prune_shot", "recover", "quantize"):
+        assert threads[(rule, "")] == {4}, rule

@@ -43,6 +43,18 @@ CALIBRATION_METHODS = {n for n, m in METHODS.items() if m.calibration}
 SEQUENTIAL_METHODS = {n for n, m in METHODS.items() if m.sequential}
 
 
+# Cores per job. The compression chain (curvature, prune, recovery, quantization) takes every
+# core and runs first (priority), since every later job waits on it. Jobs that only read a
+# model take half, so two run side by side: on 2 cores a short evaluation is mostly Python
+# start-up and model loading, single-threaded anyway. A job that measures tokens/s keeps every
+# core, so each model's speed is measured alone, on the same cores.
+CHAIN_PRIORITY = 10
+
+
+def half_cores(wildcards=None):
+    return max(1, (workflow.cores or 1) // 2)
+
+
 def experiment(name):
     """An experiment's settings; damping of G defaults by structure (surgeon.methods)."""
     exp = config["experiments"][name]

@@ -13,7 +13,7 @@ rule compact:
         "benchmarks/{model}/{experiment}/compact.tsv"
     conda:
         "../../envs/surgeon.yaml"
-    threads: workflow.cores
+    threads: half_cores
     resources:
         mem_mb=memory("compact"),
     shell:

@@ -15,6 +15,7 @@ rule estimate_curvature:
         "benchmarks/{model}/{experiment}/estimate_curvature.shot-{shot}.tsv"
     wildcard_constraints:
         shot=r"[2-9]|[1-9]\d+",
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores

@@ -10,6 +10,7 @@ rule import_model:
         "logs/{model}/import_model.log",
     benchmark:
         "benchmarks/{model}/import_model.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
@@ -32,6 +33,7 @@ rule calibrate:
         "logs/{model}/calibrate.log",
     benchmark:
         "benchmarks/{model}/calibrate.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores

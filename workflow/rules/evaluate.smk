@@ -17,7 +17,7 @@ rule evaluate:
         stage=r"dense|shot-\d+|recovered|compact|quantized-[A-Za-z0-9._-]+",
     conda:
         "../../envs/surgeon.yaml"
-    threads: workflow.cores
+    threads: evaluate_threads
     resources:
         mem_mb=memory("evaluate"),
     params:

@@ -10,6 +10,7 @@ rule prune_shot:
         "logs/{model}/{experiment}/prune_shot.shot-{shot}.log",
     benchmark:
         "benchmarks/{model}/{experiment}/prune_shot.shot-{shot}.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores

@@ -13,6 +13,7 @@ rule quantize:
         "benchmarks/{model}/{experiment}/quantize.{quant}.tsv"
     wildcard_constraints:
         quant=PTQ_NAMES,
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
@@ -57,6 +58,7 @@ rule qat:
         "benchmarks/{model}/{experiment}/qat.{quant}.tsv"
     wildcard_constraints:
         quant=QAT_NAMES,
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores

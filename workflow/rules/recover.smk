@@ -40,6 +40,7 @@ rule recover:
         "logs/{model}/{experiment}/recover.log",
     benchmark:
         "benchmarks/{model}/{experiment}/recover.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores
@@ -72,6 +73,7 @@ rule teacher_logits:
         "logs/{model}/teacher_logits.log",
     benchmark:
         "benchmarks/{model}/teacher_logits.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/surgeon.yaml"
     threads: workflow.cores

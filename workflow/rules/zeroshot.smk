@@ -45,7 +45,7 @@ rule zeroshot:
         stage=r"dense|shot-\d+|recovered|compact|quantized-[A-Za-z0-9._-]+",
     conda:
         "../../envs/surgeon.yaml"
-    threads: workflow.cores
+    threads: half_cores
     resources:
         mem_mb=memory("zeroshot"),
     params:

@@ -29,9 +29,18 @@ def eval_labels(wildcards):
     return f"--experiment {wildcards.experiment} --stage {wildcards.stage}"
 
 
+def measures_speed(wildcards):
+    return wildcards.stage in ("dense", "compact")
+
+
+def evaluate_threads(wildcards):
+    """Every core where tokens/s is measured (alone, on the same cores), half elsewhere."""
+    return workflow.cores if measures_speed(wildcards) else half_cores()
+
+
 def speed_options(wildcards):
     """Generation speed is measured for the dense model and the compacted ones."""
-    if wildcards.stage not in ("dense", "compact"):
+    if not measures_speed(wildcards):
         return ""
     speed = config["speed"]
     return (
