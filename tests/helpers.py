@@ -70,8 +70,9 @@ SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_
 
 def family_model(family: str, seed: int = 0):
     """A tiny random-weight model of a decoder family: llama, opt, mistral, qwen2 (q/k/v
-    biases), qwen3 (q/k norms, head_dim 8), gemma2 (head_dim 16, tied, soft-capping) or phi3
-    (fused projections), in eval mode."""
+    biases), qwen3 (q/k norms, head_dim 8), gemma2 (head_dim 16, tied, soft-capping), gemma3
+    (head_dim 16, tied, q/k norms, sliding and global layers) or phi3 (fused projections), in
+    eval mode."""
     import transformers as tf
 
     if family in ("llama", "opt"):
@@ -83,6 +84,8 @@ def family_model(family: str, seed: int = 0):
         "gemma2": lambda: tf.Gemma2Config(**SMALL, head_dim=16, tie_word_embeddings=True,
                                           attn_logit_softcapping=50.0,
                                           final_logit_softcapping=30.0),
+        "gemma3": lambda: tf.Gemma3TextConfig(**SMALL, head_dim=16, tie_word_embeddings=True,
+                                              sliding_window=8),
         "phi3": lambda: tf.Phi3Config(**SMALL, tie_word_embeddings=False, pad_token_id=0),
     }
     torch.manual_seed(seed)

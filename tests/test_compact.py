@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from helpers import random_windows, tiny_model
+from helpers import family_model, random_windows, tiny_model
 from surgeon.compact import compact_model, head_plan, removable_channels
 from surgeon.errors import SurgeonError
 
@@ -77,10 +77,15 @@ def test_same_logits_and_round_trip(tmp_path):
         assert (again(x).logits - reference).abs().max() < 1e-4
 
 
-def test_loads_without_the_package(tmp_path):
-    """save_pretrained ships the model code: trust_remote_code loads it in a bare interpreter."""
-    model = tiny_model("llama")
-    prune_units(model)
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_loads_without_the_package(tmp_path, family):
+    """save_pretrained ships the model code: trust_remote_code loads it in a bare interpreter
+    (Qwen3: another family's classes from the same module)."""
+    model = family_model(family)
+    d = model.model.layers[0].self_attn.head_dim
+    with torch.no_grad():  # kv group 0 of layer 0 and 10 MLP channels of layer 1
+        model.model.layers[0].self_attn.o_proj.weight[:, : 2 * d] = 0
+        model.model.layers[1].mlp.down_proj.weight[:, :10] = 0
     small, _ = compact_model(model)
     small.save_pretrained(tmp_path)
     code = ("import sys; sys.path = [p for p in sys.path if 'workflow' not in p]\n"
@@ -91,12 +96,12 @@ def test_loads_without_the_package(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, cwd=tmp_path, check=True).stdout.split()
-    assert out[0].startswith("transformers_modules.") and out[0].endswith("compact_llama")
+    assert out[0].startswith("transformers_modules.") and out[0].endswith("compact_models")
     assert int(out[1]) == sum(p.numel() for p in small.parameters())
 
 
 def test_other_architectures_are_refused():
-    with pytest.raises(SurgeonError, match="Llama-family"):
+    with pytest.raises(SurgeonError, match="compaction supports llama, mistral"):
         compact_model(tiny_model("opt"))
 
 

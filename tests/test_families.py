@@ -20,8 +20,9 @@ from surgeon.errors import SurgeonError
 from surgeon.models import check_architecture, decoder_linears
 from surgeon.prune import prune_shot
 
-FAMILIES = ["mistral", "qwen2", "qwen3", "gemma2", "phi3"]
+FAMILIES = ["mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
 ALL = ["llama", "opt", *FAMILIES]
+COMPACTABLE = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -110,9 +111,16 @@ def test_unsupported_architectures_are_refused_in_one_line():
         check_architecture(family_model(family))  # supported: no error
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma2"])
-def test_coupled_heads_and_channels(family, tmp_path):
-    """Whole kv groups and MLP channels, 20% of the decoder parameters (biases included)."""
+@pytest.mark.parametrize("family", COMPACTABLE)
+def test_coupled_heads_and_channels_then_compaction(family, tmp_path):
+    """Whole kv groups and MLP channels, 20% of the decoder parameters (biases included), then
+    compaction: it removes every one of those zeros, the family's compacted model gives the
+    masked model's logits (float64: to rounding; float32: within 1e-4 of their spread), and
+    transformers loads the saved folder (with this package, and with trust_remote_code alone)."""
+    from transformers import AutoModelForCausalLM
+
+    from surgeon.compact import compact_model
+
     windows = random_windows(2, 16)
     model = family_model(family)
     path = curvature_file(model, tmp_path / "c.h5", windows)
@@ -121,8 +129,23 @@ def test_coupled_heads_and_channels(family, tmp_path):
                        calibration=windows)
     removed = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
     assert removed == pytest.approx(0.2, abs=0.01)
+    small, summary = compact_model(model)
+    assert summary["zero_weights_left"] == 0 and summary["realised_fraction"] == 1.0
+    assert summary["removed_weights"] == sum(int((m.weight == 0).sum())
+                                             for m in decoder_linears(model).values())
+    assert small.config.model_type == f"{model.config.model_type}-compact"
     with torch.no_grad():
-        assert torch.isfinite(model(windows).logits).all()
+        reference = model(windows).logits
+        spread = reference.std()
+        assert ((small(windows).logits - reference).abs().max() / spread) < 1e-4
+        exact, _ = compact_model(model.double())
+        assert torch.allclose(exact(windows).logits, model(windows).logits, rtol=0,
+                              atol=1e-10 * float(spread))
+    small.save_pretrained(tmp_path / "compact")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "compact")
+    assert type(loaded) is type(small)
+    with torch.no_grad():
+        assert torch.equal(loaded(windows).logits, small(windows).logits)
 
 
 def test_fused_phi3_projections_are_refused_for_coupled_units(tmp_path):

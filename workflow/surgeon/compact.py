@@ -1,4 +1,5 @@
-"""Compaction: remove the zeroed rows and columns of a structurally pruned Llama for real.
+"""Compaction: remove the zeroed rows and columns of a structurally pruned model for real
+(Llama, Mistral, Qwen2, Qwen3, Gemma 2/3: compact_models.py).
 
 Which units can go without changing the function (exactly, not approximately):
 
@@ -70,10 +71,20 @@ def head_plan(removable: torch.Tensor, kv_heads: int) -> tuple[torch.Tensor, tor
     return torch.cat(heads), torch.tensor(kept_kv), padded
 
 
+def compact_classes(model):
+    """(config class, model class) of the compacted form of `model`'s family (a compacted
+    model compacts again into its own family's classes)."""
+    from .compact_models import COMPACT
+
+    family = model.config.model_type.removesuffix("-compact")
+    if family not in COMPACT:
+        raise SurgeonError(f"compaction supports {', '.join(COMPACT)} models (separate q/k/v "
+                           f"and gate/up/down Linears), not {model.config.model_type}")
+    return COMPACT[family]
+
+
 def layer_plans(model) -> list[LayerPlan]:
-    cfg = model.config
-    if cfg.model_type not in ("llama", "llama-compact"):
-        raise SurgeonError(f"compaction supports Llama-family models, not {cfg.model_type}")
+    compact_classes(model)  # refuses other families
     plans = []
     for layer in model.model.layers:
         attn = layer.self_attn
@@ -125,14 +136,14 @@ def compact_state(model, plans: list[LayerPlan]) -> dict[str, torch.Tensor]:
 
 
 def compact_config(model, plans: list[LayerPlan]):
-    from .compact_llama import CompactLlamaConfig
+    from .compact_models import WIDTH_KEYS
 
+    config_class, _ = compact_classes(model)
     base = model.config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version",
-                "layer_intermediate_sizes", "layer_attention_heads", "layer_key_value_heads"):
+    for key in ("model_type", "architectures", "auto_map", "transformers_version", *WIDTH_KEYS):
         base.pop(key, None)
     base["head_dim"] = model.model.layers[0].self_attn.head_dim
-    return CompactLlamaConfig(
+    return config_class(
         layer_intermediate_sizes=[len(p.channels) for p in plans],
         layer_attention_heads=[len(p.heads) for p in plans],
         layer_key_value_heads=[len(p.kv_heads) for p in plans],
@@ -141,13 +152,13 @@ def compact_config(model, plans: list[LayerPlan]):
 
 
 def compact_model(model):
-    """(compacted CompactLlamaForCausalLM, summary of what was and was not removed)."""
-    from .compact_llama import CompactLlamaForCausalLM
+    """(compacted model of the family's Compact* class, summary of what was and was not
+    removed)."""
     from .models import decoder_linears
 
     plans = layer_plans(model)
     config = compact_config(model, plans)
-    small = CompactLlamaForCausalLM(config).to(next(model.parameters()).dtype)
+    small = compact_classes(model)[1](config).to(next(model.parameters()).dtype)
     small.load_state_dict(compact_state(model, plans), strict=True)
     small.eval()
 

@@ -134,7 +134,7 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu"):
     """A model folder written by `import-model` (or any HF safetensors folder), in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    from . import compact_llama  # noqa: F401  registers compacted models with the Auto classes
+    from . import compact_models  # noqa: F401  registers compacted models with the Auto classes
 
     model_dir = _require_config(model_dir)
     try:
@@ -150,7 +150,7 @@ def model_skeleton(model_dir: str | Path):
     weights read or memory allocated, so a stage can size what it will write before it runs."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from . import compact_llama  # noqa: F401  registers compacted models with the Auto classes
+    from . import compact_models  # noqa: F401  registers compacted models with the Auto classes
 
     model_dir = _require_config(model_dir)
     try:

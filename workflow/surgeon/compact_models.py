@@ -1,0 +1,149 @@
+"""Decoder models whose layers have their own MLP width and head counts (compacted models).
+
+Transformers' configs of Llama, Mistral, Qwen2, Qwen3, Gemma 2 and Gemma 3 have one
+`intermediate_size` and one head count for every layer. A compacted model keeps those as the
+widths of the dense model it came from and adds three lists, one entry per layer:
+`layer_intermediate_sizes`, `layer_attention_heads`, `layer_key_value_heads`. `head_dim` is
+fixed (RoPE rotates whole heads, Qwen3's q/k norms act on one head), so heads are the unit
+removed from attention. Each family keeps its own classes and model_type with `-compact`
+appended (`llama-compact`, `qwen2-compact`, ...): the attention, norms and biases of the
+family are untouched, only the Linears of each layer are resized.
+
+Loading: `import surgeon.compact_models` registers the classes with the Auto* factories,
+after which `AutoModelForCausalLM.from_pretrained(folder)` works as for the dense family. The
+module imports only torch and transformers; `save_pretrained` copies it into the folder and
+records it in `auto_map`, so `from_pretrained(folder, trust_remote_code=True)` also works
+without this package.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import (AutoConfig, AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM,
+                          Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
+                          MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
+
+WIDTH_KEYS = ("layer_intermediate_sizes", "layer_attention_heads", "layer_key_value_heads")
+
+
+class PerLayerWidths:
+    """Config mixin: the three per-layer lists (default: the dense widths) and a fixed
+    head_dim."""
+
+    def __init__(self, layer_intermediate_sizes=None, layer_attention_heads=None,
+                 layer_key_value_heads=None, **kwargs):
+        super().__init__(**kwargs)
+        n = self.num_hidden_layers
+        if getattr(self, "head_dim", None) is None:  # per-layer head counts must not change it
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        self.layer_intermediate_sizes = list(layer_intermediate_sizes
+                                             or [self.intermediate_size] * n)
+        self.layer_attention_heads = list(layer_attention_heads
+                                          or [self.num_attention_heads] * n)
+        self.layer_key_value_heads = list(layer_key_value_heads
+                                          or [self.num_key_value_heads] * n)
+        for key in WIDTH_KEYS:
+            if len(getattr(self, key)) != n:
+                raise ValueError(f"{key} needs {n} entries (one per layer)")
+        for q, kv in zip(self.layer_attention_heads, self.layer_key_value_heads):
+            if kv < 1 or q % kv:
+                raise ValueError(f"a layer with {q} query heads cannot share {kv} kv heads")
+
+
+def _resized(linear: nn.Linear, out_features: int, in_features: int) -> nn.Linear:
+    """A Linear of the new shape, with a bias where the family's had one."""
+    return nn.Linear(in_features, out_features, bias=linear.bias is not None)
+
+
+def resize_layer(layer, config, i: int) -> None:
+    """Replace the projections of decoder layer i by ones of its own widths."""
+    hidden, d = config.hidden_size, config.head_dim
+    mlp, attn = layer.mlp, layer.self_attn
+    width, heads, kv = (config.layer_intermediate_sizes[i], config.layer_attention_heads[i],
+                        config.layer_key_value_heads[i])
+    mlp.gate_proj = _resized(mlp.gate_proj, width, hidden)
+    mlp.up_proj = _resized(mlp.up_proj, width, hidden)
+    mlp.down_proj = _resized(mlp.down_proj, hidden, width)
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = width
+    attn.q_proj = _resized(attn.q_proj, heads * d, hidden)
+    attn.k_proj = _resized(attn.k_proj, kv * d, hidden)
+    attn.v_proj = _resized(attn.v_proj, kv * d, hidden)
+    attn.o_proj = _resized(attn.o_proj, hidden, heads * d)
+    attn.num_key_value_groups = heads // kv
+
+
+class PerLayerModel:
+    """Model mixin: after the family's own construction, every layer resized."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        for i, layer in enumerate(self.model.layers):
+            resize_layer(layer, config, i)
+        self.post_init()
+
+
+class CompactLlamaConfig(PerLayerWidths, LlamaConfig):
+    model_type = "llama-compact"
+
+
+class CompactLlamaForCausalLM(PerLayerModel, LlamaForCausalLM):
+    config_class = CompactLlamaConfig
+
+
+class CompactMistralConfig(PerLayerWidths, MistralConfig):
+    model_type = "mistral-compact"
+
+
+class CompactMistralForCausalLM(PerLayerModel, MistralForCausalLM):
+    config_class = CompactMistralConfig
+
+
+class CompactQwen2Config(PerLayerWidths, Qwen2Config):
+    model_type = "qwen2-compact"
+
+
+class CompactQwen2ForCausalLM(PerLayerModel, Qwen2ForCausalLM):
+    config_class = CompactQwen2Config
+
+
+class CompactQwen3Config(PerLayerWidths, Qwen3Config):
+    model_type = "qwen3-compact"
+
+
+class CompactQwen3ForCausalLM(PerLayerModel, Qwen3ForCausalLM):
+    config_class = CompactQwen3Config
+
+
+class CompactGemma2Config(PerLayerWidths, Gemma2Config):
+    model_type = "gemma2-compact"
+
+
+class CompactGemma2ForCausalLM(PerLayerModel, Gemma2ForCausalLM):
+    config_class = CompactGemma2Config
+
+
+class CompactGemma3TextConfig(PerLayerWidths, Gemma3TextConfig):
+    model_type = "gemma3_text-compact"
+
+
+class CompactGemma3ForCausalLM(PerLayerModel, Gemma3ForCausalLM):
+    config_class = CompactGemma3TextConfig
+
+
+# dense model_type -> (compact config class, compact model class)
+COMPACT = {
+    "llama": (CompactLlamaConfig, CompactLlamaForCausalLM),
+    "mistral": (CompactMistralConfig, CompactMistralForCausalLM),
+    "qwen2": (CompactQwen2Config, CompactQwen2ForCausalLM),
+    "qwen3": (CompactQwen3Config, CompactQwen3ForCausalLM),
+    "gemma2": (CompactGemma2Config, CompactGemma2ForCausalLM),
+    "gemma3_text": (CompactGemma3TextConfig, CompactGemma3ForCausalLM),
+}
+
+for _config, _model in COMPACT.values():
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModelForCausalLM.register(_config, _model, exist_ok=True)
+    _config.register_for_auto_class()
+    _model.register_for_auto_class("AutoModelForCausalLM")
