@@ -2,6 +2,7 @@
 the cloze task built from the evaluation text, skipped and unknown tasks, the report columns,
 and a small workflow run."""
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -218,7 +219,9 @@ def test_unreachable_task_is_skipped_and_unknown_task_is_an_error(tmp_path, llam
     assert "offline" in z["skipped"][0]["reason"].lower() or "reach" in z["skipped"][0]["reason"]
     assert "zeroshot: skipped boolq: " in r.stdout + r.stderr
     assert z["hub"].startswith("unreachable") and z["lm_eval_version"]
-    assert json.loads(Path(f"{out}.manifest.json").read_text())["stage"] == "zeroshot"
+    sidecar = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert sidecar["stage"] == "zeroshot"
+    assert sidecar["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()  # verify checks it
 
     bad = surgeon("zeroshot", "--model", str(llama_dir), "--tasks", "surgeon_python,no_such_task",
                   "--include", str(TASKS), "--device", "cpu", "--out", str(tmp_path / "bad.json"))

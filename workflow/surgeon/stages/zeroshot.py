@@ -38,7 +38,7 @@ def cmd_cloze_task(args):
 
 
 def cmd_zeroshot(args):
-    from ..artifacts import manifest, sidecar, write_json
+    from ..artifacts import atomic_path, manifest, sidecar, write_json
     from ..models import load_model, load_tokenizer, resolve_device
     from ..zeroshot import prepare, score
 
@@ -55,8 +55,9 @@ def cmd_zeroshot(args):
     config = {"tasks": names, "limit": args.limit, "batch_size": args.batch_size}
     info = manifest("zeroshot", {"model": args.model, **{f"tasks:{p}": p for p in args.include}},
                     config, start, lm_eval=summary["lm_eval_version"])
-    write_json(sidecar(args.out), info)
-    write_json(args.out, summary)  # last: the output exists only once everything is written
+    with atomic_path(args.out) as tmp:  # the sidecar inside: it records the result's sha256
+        write_json(sidecar(args.out), info)
+        write_json(tmp, summary)
     for name, t in summary["tasks"].items():
         chance = "" if t["random_chance"] is None else f" (chance {t['random_chance']:.3f})"
         print(f"{name}: acc {t['acc']:.4f} on {t['n']} items{chance}")
