@@ -267,3 +267,19 @@ def direct_factors(model, windows):
         g = torch.cat([y.grad.reshape(-1, y.shape[-1]) for y in outputs[n]]).double()
         result[n] = (a.T @ a / len(a), g.T @ g / len(g))
     return result
+
+
+@torch.no_grad()
+def direct_loglikelihoods(model, tokenizer, question, choices):
+    """log P(" " + choice | "Question: ...\\nAnswer:") summed over the choice's tokens, from one
+    forward pass of context + choice (the continuation = the tokens after the context's)."""
+    context = f"Question: {question}\nAnswer:"
+    ctx = tokenizer(context, add_special_tokens=False).input_ids
+    scores = []
+    for choice in choices:
+        whole = tokenizer(context + " " + choice, add_special_tokens=False).input_ids
+        cont = whole[len(ctx):]
+        logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].double(), dim=-1)
+        positions = torch.arange(len(ctx) - 1, len(whole) - 1)
+        scores.append(logp[positions, torch.tensor(cont)].sum().item())
+    return scores

@@ -1,8 +1,8 @@
 """Decoder-only families beyond Llama and OPT: tiny random-weight models of Mistral, Qwen2
 (q/k/v biases), Qwen3 (q/k norms), Gemma 2 (head_dim not hidden/heads, tied embeddings,
-soft-capping) and Phi-3 (fused qkv_proj and gate_up_proj), built from a config here. Curvature
-against brute force, two LLM Surgeon shots, LoRA recovery, GPTQ and perplexity, and the
-layer-wise peers on each; what the tool
+soft-capping), Gemma 3 and Phi-3 (fused qkv_proj and gate_up_proj), built from a config here.
+Curvature against brute force, two LLM Surgeon shots, LoRA recovery, GPTQ and perplexity, the
+layer-wise peers, coupled units with compaction, and zero-shot scoring on each; what the tool
 cannot handle is refused in one line."""
 
 import pytest
@@ -158,3 +158,26 @@ def test_fused_phi3_projections_are_refused_for_coupled_units(tmp_path):
         prune_shot(model, "llm-surgeon", 0.2, removed_so_far(model, tmp_path), path,
                    progress=False, structure="structured", units="coupled",
                    calibration=windows)
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_zeroshot_scores_every_family(family, tokenizer):
+    """lm-eval through the zeroshot stage's wrapper: per item the log-likelihood of each choice
+    equals a direct computation on the family's model, and acc is its argmax."""
+    import json
+
+    from helpers import REPO, direct_loglikelihoods
+    from surgeon.zeroshot import evaluate
+
+    tasks = REPO / "resources" / "tasks"
+    rows = [json.loads(line) for line in
+            (tasks / "surgeon_python" / "surgeon_python.jsonl").read_text().splitlines()]
+    model = family_model(family)
+    summary, raw = evaluate(model, tokenizer, ["surgeon_python"], [str(tasks)], limit=4,
+                            batch_size=4, log_samples=True)
+    assert summary["tasks"]["surgeon_python"]["n"] == 4
+    for s in raw["samples"]["surgeon_python"]:
+        row = rows[s["doc_id"]]
+        lls = direct_loglikelihoods(model, tokenizer, row["question"], row["choices"])
+        assert [float(r[0]) for r in s["filtered_resps"]] == pytest.approx(lls, abs=1e-3)
+        assert s["acc"] == float(max(range(len(lls)), key=lls.__getitem__) == row["label"])

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
+from helpers import direct_loglikelihoods
 from surgeon.cloze import cloze_items, normalize
 from surgeon.data import load_split
 from surgeon.report import with_zeroshot
@@ -124,22 +124,6 @@ def test_project_tasks_run_through_lm_eval(project_run):
         assert t["random_chance"] == pytest.approx(sum(1 / len(r["choices"]) for r in rows) / len(rows))
     assert summary["average_acc"] == pytest.approx(
         sum(t["acc"] for t in summary["tasks"].values()) / 3)
-
-
-@torch.no_grad()
-def direct_loglikelihoods(model, tokenizer, question, choices):
-    """log P(" " + choice | "Question: ...\\nAnswer:") summed over the choice's tokens, from one
-    forward pass of context + choice (the continuation = the tokens after the context's)."""
-    context = f"Question: {question}\nAnswer:"
-    ctx = tokenizer(context, add_special_tokens=False).input_ids
-    scores = []
-    for choice in choices:
-        whole = tokenizer(context + " " + choice, add_special_tokens=False).input_ids
-        cont = whole[len(ctx):]
-        logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].double(), dim=-1)
-        positions = torch.arange(len(ctx) - 1, len(whole) - 1)
-        scores.append(logp[positions, torch.tensor(cont)].sum().item())
-    return scores
 
 
 def test_accuracy_equals_argmax_loglikelihood(project_run, llama):
