@@ -41,3 +41,17 @@ def test_help_shows_defaults_but_not_for_required_options(capsys):
     assert "--curvature CURVATURE curvature .h5 of --model, for the methods that read it " \
            "(default: none)" in text  # an empty string is shown as none
     assert "--model MODEL model of the previous shot --method" in text  # required: no default
+
+
+def test_the_parser_does_not_import_torch():
+    """Report, figure and table commands run in processes that never need torch: building the
+    parser of every command (what each `surgeon` call does first) must not import it (1-2 s of
+    every such job)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from surgeon.cli import parser; parser(); "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False"]

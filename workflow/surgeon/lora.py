@@ -39,6 +39,7 @@ from tqdm import tqdm
 from .artifacts import atomic_path, torch_save
 from .distill import Objective
 from .errors import SurgeonError
+from .lora_settings import LoraSettings  # noqa: F401  (re-exported: lora.LoraSettings)
 from .models import decoder_linears
 
 ADAPTER = "default"
@@ -128,26 +129,6 @@ def _window_batches(n: int, micro: int, first_step: int, steps: int, per_step: i
         base = step * per_step * micro
         yield step, [order[[(base + j * micro + i) % n for i in range(micro)]]
                      for j in range(per_step)]
-
-
-@dataclass
-class LoraSettings:
-    """Adapter and optimisation settings; `targets` are module-name suffixes (None = all).
-    The defaults are the config schema's `recovery` defaults (a test holds them equal) and the
-    `surgeon recover` / `surgeon qat` options take theirs from here."""
-
-    rank: int = 8
-    alpha: float = 16
-    steps: int = 100
-    lr: float = 5e-4
-    batch_size: int = 1
-    grad_accum: int = 1
-    seed: int = 0
-    targets: tuple[str, ...] | None = None
-
-    def check(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.rank < 1:
-            raise SurgeonError("lora steps, rank, batch_size and grad_accum must be at least 1")
 
 
 @dataclass

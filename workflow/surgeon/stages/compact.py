@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 
-from ..data import load_windows
-from ..model_folder import write_model_folder
 
 def cmd_compact(args):
     from ..artifacts import check_free_space
     from ..compact import compact_model
-    from ..model_folder import output_folder_bytes
+    from ..data import load_windows
+    from ..model_folder import output_folder_bytes, write_model_folder
     from ..models import load_model
 
     start = time.time()

@@ -6,13 +6,13 @@ import sys
 import time
 from pathlib import Path
 
-from ..data import load_windows
 from ..errors import SurgeonError
 
 def cmd_curvature(args):
     import torch
 
     from ..artifacts import atomic_path, check_free_space, manifest, tree_hash, write_json, sidecar
+    from ..data import load_windows
     from ..curvature import estimate_kfac, finished_passes_file, layer_metadata
     from ..curvature_store import curvature_bytes, write_curvature
     from ..models import decoder_linears, load_model, model_skeleton, resolve_device

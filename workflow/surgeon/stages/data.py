@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-from ..data import save_windows
 from ..errors import SurgeonError
 
 def cmd_import_model(args):
@@ -23,7 +22,8 @@ def cmd_import_model(args):
 
 def cmd_calibrate(args):
     from ..artifacts import tree_hash
-    from ..data import calibration_windows, cut_windows, load_split, tokenize, tokenizer_hash
+    from ..data import (calibration_windows, cut_windows, load_split, save_windows, tokenize,
+                        tokenizer_hash)
     from transformers import AutoConfig
 
     from ..models import context_length, load_tokenizer
@@ -57,7 +57,7 @@ def cmd_calibrate(args):
 
 
 def cmd_windows(args):
-    from ..data import calibration_windows, load_split, tokenize, tokenizer_hash
+    from ..data import calibration_windows, load_split, save_windows, tokenize, tokenizer_hash
     from ..models import load_tokenizer
     tokenizer = load_tokenizer(args.model)
     split = load_split(args.source, args.evaluation_fraction)
@@ -71,7 +71,8 @@ def cmd_windows(args):
 
 def cmd_ood_windows(args):
     """Windows of a text of another kind than the calibration text, for `ppl_ood`."""
-    from ..data import calibration_windows, cut_windows, ood_text, tokenize, tokenizer_hash
+    from ..data import (calibration_windows, cut_windows, ood_text, save_windows, tokenize,
+                        tokenizer_hash)
     from ..models import load_tokenizer
     tokenizer = load_tokenizer(args.model)
     ids = tokenize(tokenizer, ood_text(args.source))

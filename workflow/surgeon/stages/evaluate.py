@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from ..artifacts import made_by, prune_settings
-from ..data import load_windows
 
 
 def llama_cpp_scores(args, windows, ood_windows=None) -> dict:
@@ -27,6 +26,7 @@ def llama_cpp_scores(args, windows, ood_windows=None) -> dict:
 def cmd_evaluate(args):
     import torch
 
+    from ..data import load_windows
     from ..artifacts import write_json
     from ..evaluate import (export_sizes, parameter_counts, perplexity, sparsity_stats,
                            stored_size)

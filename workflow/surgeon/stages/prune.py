@@ -6,13 +6,13 @@ import json
 import time
 from pathlib import Path
 
-from ..model_folder import output_folder_bytes, write_model_folder
-from ..data import load_windows
 from ..errors import SurgeonError
 from ..methods import DAMPING_A_DEFAULT, METHODS, UNITS
 
 def cmd_prune(args):
     from ..artifacts import check_free_space
+    from ..data import load_windows
+    from ..model_folder import output_folder_bytes, write_model_folder
     from ..masks import load_mask
     from ..methods import damping_g_default
     from ..models import load_model, resolve_device

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from ..artifacts import made_by
 from ..errors import SurgeonError
-from ..model_folder import write_model_folder
 
 
 def quantization_plan(model, args) -> tuple[str | None, dict, dict]:
@@ -34,7 +33,7 @@ def cmd_quantize(args):
 
     from ..artifacts import check_free_space
     from ..curvature_store import open_curvature
-    from ..model_folder import output_folder_bytes
+    from ..model_folder import output_folder_bytes, write_model_folder
     from ..models import load_model, resolve_device
     from ..masks import load_mask, weight_columns
     from ..prune import decoder_weights

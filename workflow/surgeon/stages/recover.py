@@ -7,9 +7,7 @@ import time
 from pathlib import Path
 
 from ..artifacts import check_free_space, made_by
-from ..data import load_windows
 from ..errors import SurgeonError
-from ..model_folder import output_folder_bytes, write_model_folder
 
 def _load_teacher(path):
     from safetensors.torch import load_file
@@ -26,6 +24,7 @@ def _lora_fit(args, model, masks, quantized=None):
     """The training shared by recover and qat: settings, objective, resumable checkpoint.
     Returns the loss per optimizer step, the settings for the manifest, and its inputs."""
     from ..artifacts import tree_hash
+    from ..data import load_windows
     from ..distill import Objective
     from ..lora import Checkpoint, LoraSettings, lora_train
 
@@ -66,8 +65,9 @@ def _write_losses(path, losses):
 
 
 def cmd_recover(args):
-    from ..models import load_model, resolve_device
     from ..masks import load_mask, weight_columns
+    from ..model_folder import output_folder_bytes, write_model_folder
+    from ..models import load_model, resolve_device
     from ..prune import decoder_weights
 
     start = time.time()
@@ -86,6 +86,7 @@ def cmd_qat(args):
     import torch
 
     from ..artifacts import QUANT_FILE
+    from ..model_folder import output_folder_bytes, write_model_folder
     from ..models import decoder_linears, load_model, resolve_device
     from ..masks import load_mask, weight_columns
     from ..prune import decoder_weights
@@ -122,6 +123,7 @@ def cmd_teacher_logits(args):
     from safetensors.torch import save_file
 
     from ..artifacts import atomic_path, manifest, sidecar, write_json
+    from ..data import load_windows
     from ..distill import kept_mass, teacher_topk
     from ..models import load_model, resolve_device
 
@@ -145,7 +147,7 @@ def cmd_teacher_logits(args):
 
 def _lora_arguments(s):
     """Options of the LoRA training shared by recover and qat (defaults: LoraSettings)."""
-    from ..lora import LoraSettings
+    from ..lora_settings import LoraSettings
 
     d = LoraSettings()
     s.add_argument("--windows", required=True, help="token windows to train on")
