@@ -1,6 +1,7 @@
 # Config validation, the experiment table, shot paths and the lists of final outputs, shared
 # by every rule file; the helpers of one stage live at the top of that stage's rule file.
 import glob
+import json
 import re
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
 from surgeon.config_errors import cause, explain, normalise
+from surgeon.ggml_plan import ARCHITECTURES as GGUF_ARCHITECTURES
 from surgeon.methods import METHODS, damping_g_default
 
 min_version("9.0")
@@ -233,15 +235,32 @@ def quantization_grid(quant):
     return config["quantization"][spec["qat_from"]] if "qat_from" in spec else spec
 
 
+def source_model_type(source):
+    """transformers model_type of the model source: a local folder's config.json, llama for
+    the embedded model; None where the workflow cannot tell before loading it (hub id, .gguf).
+    """
+    if source.startswith("embedded:"):
+        return "llama"
+    config_file = Path(source) / "config.json"
+    if config_file.is_file():
+        return json.loads(config_file.read_text()).get("model_type")
+    return None
+
+
+SOURCE_MODEL_TYPE = source_model_type(config["model"]["source"])
+
+
 def quantization_exports(name, quant, model=MODEL):
-    """A .gguf for a llama.cpp file type (gguf_type, or the Q4_0/Q5_0/Q8_0 grid), a
-    compressed-tensors folder for one 4- or 8-bit grid for all layers."""
+    """A .gguf for a llama.cpp file type (gguf_type, or the Q4_0/Q5_0/Q8_0 grid) of a family
+    llama.cpp reads from us, a compressed-tensors folder for one 4- or 8-bit grid for all
+    layers."""
     spec = quantization_grid(quant)
     folder = f"results/{model}/{name}/quantized/{quant}"
     gguf_type = spec.get("gguf_type")
     on_llama_cpp_grid = spec["symmetric"] and spec["group_size"] == 32
+    gguf_family = SOURCE_MODEL_TYPE in (None, *GGUF_ARCHITECTURES)
     files = []
-    if gguf_type or on_llama_cpp_grid:
+    if (gguf_type or on_llama_cpp_grid) and gguf_family:
         files.append(f"{folder}/model.gguf")
     if gguf_type in ("Q4_0", "Q8_0") or (not gguf_type and spec["bits"] in (4, 8)):
         files.append(f"{folder}/compressed-tensors")

@@ -17,6 +17,11 @@ from __future__ import annotations
 
 from .errors import SurgeonError
 
+# transformers model_type -> llama.cpp architecture of the .gguf we write (Mistral is written
+# as llama, as llama.cpp's converter does); only llama's rotary layout differs from
+# transformers'. Here, torch-free, so the workflow can plan exports from it.
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+
 # llama.cpp's LLAMA_FTYPE_MOSTLY_* numbers and the default block type of each file type
 FILE_TYPES = {"Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "Q4_K_M": 15, "Q6_K": 18}
 DEFAULT_TYPE = {"Q4_0": "Q4_0", "Q8_0": "Q8_0", "Q5_0": "Q5_0", "Q4_K_M": "Q4_K",

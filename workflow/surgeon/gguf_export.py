@@ -24,9 +24,7 @@ import torch
 
 from .errors import SurgeonError
 
-# transformers model_type -> llama.cpp architecture (Mistral is written as llama, as
-# llama.cpp's converter does); only llama's rotary layout differs from transformers'
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+from .ggml_plan import ARCHITECTURES
 
 LAYER_NAMES = {
     "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",

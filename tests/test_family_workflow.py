@@ -1,0 +1,79 @@
+"""The Snakemake workflow end to end on tiny models of other families (import from a local
+folder, windows, curvature, LLM Surgeon in 2 shots and Wanda, coupled units with compaction,
+RTN Q4_0 with its .gguf where llama.cpp reads the family from us, evaluation, zero-shot,
+report): every rule runs on the family, not only the stage functions (tests/test_families.py)."""
+
+import csv
+import json
+
+import pytest
+import yaml
+from gguf import GGUFReader
+
+from helpers import family_model, job_counts, snakemake
+
+CONFIG = {
+    "device": "cpu",
+    "data": {"source": "embedded:pydoc-topics", "seqlen": 32, "calibration_windows": 4,
+             "max_eval_windows": 4, "ood_windows": 2, "seed": 0},
+    "speed": {"prompt_tokens": 8, "new_tokens": 4},
+    "zeroshot": {"tasks": ["surgeon_python"], "stages": ["final"], "limit": 4},
+    "quantization": {"rtn-q4_0": {"method": "rtn", "bits": 4, "group_size": 32}},
+    "experiments": {
+        "surgeon": {"method": "llm-surgeon", "structure": "unstructured", "target": 0.5,
+                    "shots": 2, "quantize": ["rtn-q4_0"]},
+        "wanda": {"method": "wanda", "structure": "unstructured", "target": 0.5,
+                  "zeroshot": False},
+        "coupled": {"method": "llm-surgeon", "structure": "structured", "units": "coupled",
+                    "target": 0.2, "shots": 1, "compact": True, "zeroshot": False},
+    },
+}
+
+
+def family_run(tmp_path, tokenizer, family, *args):
+    source = tmp_path / f"tiny-{family}"
+    family_model(family).save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    config = {**CONFIG, "run_name": family,
+              "model": {"name": f"tiny-{family}", "source": str(source)}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    # targets and options first: everything after --configfile would be read as config files
+    return snakemake(tmp_path, *args, "--configfile", str(tmp_path / "config.yaml"))
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_workflow_on_qwen2(tmp_path, tokenizer):
+    """Qwen2 (q/k/v biases) through every rule up to the summary table (the figures and HTML
+    report are the same code for every family: tests/test_workflow.py)."""
+    results = tmp_path / "results" / "tiny-qwen2"
+    targets = ["results/report/qwen2/summary.csv",
+               "results/tiny-qwen2/surgeon/zeroshot/shot-2.json"]
+    r = family_run(tmp_path, tokenizer, "qwen2", *targets)
+    assert r.returncode == 0, r.stderr[-4000:]
+    rows = {row["experiment"] + "/" + row["stage"]: row for row in
+            csv.DictReader((tmp_path / "results/report/qwen2/summary.csv").open())}
+    assert float(rows["surgeon/shot-2"]["sparsity"]) == pytest.approx(0.5, abs=0.01)
+    assert float(rows["wanda/shot-1"]["sparsity"]) == pytest.approx(0.5, abs=0.01)
+    compact = json.loads((results / "coupled/compact/model/manifest.json").read_text())
+    assert compact["compaction"]["zero_weights_left"] == 0
+    assert json.loads((results / "coupled/compact/model/config.json").read_text())[
+        "model_type"] == "qwen2-compact"
+    assert float(rows["coupled/compact"]["ppl"]) == pytest.approx(
+        float(rows["coupled/shot-1"]["ppl"]), rel=1e-4)
+    assert json.loads((results / "surgeon/zeroshot/shot-2.json").read_text())[
+        "tasks"]["surgeon_python"]["n"] == 4
+    arch = GGUFReader(str(results / "surgeon/quantized/rtn-q4_0/model.gguf")).fields[
+        "general.architecture"]
+    assert bytes(arch.parts[arch.data[0]]).decode() == "qwen2"
+
+
+def test_no_gguf_planned_for_a_family_llama_cpp_does_not_read_from_us(tmp_path, tokenizer):
+    """Gemma 2 quantizes, compacts and evaluates like the others (tests/test_families.py); the
+    plan leaves out only its .gguf, which the export would refuse."""
+    r = family_run(tmp_path, tokenizer, "gemma2", "-n", "-p")
+    assert r.returncode == 0, r.stderr[-4000:]
+    jobs = job_counts(r.stdout)
+    assert jobs["quantize"] == 1 and jobs["compact"] == 1 and jobs["prune_shot"] == 4
+    assert "export_gguf" not in jobs and "model.gguf" not in r.stdout
+    assert jobs["export_compressed_tensors"] == 1
