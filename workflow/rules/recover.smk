@@ -11,6 +11,7 @@ rule recovery_windows:
         "logs/{model}/recovery_windows.log",
     benchmark:
         "benchmarks/{model}/recovery_windows.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/surgeon.yaml"
     resources:
