@@ -19,7 +19,7 @@ def kth_smallest(flat: torch.Tensor, k: int, sample: int = 1 << 20) -> torch.Ten
     picked = flat[torch.randint(n, (sample,), generator=generator)].double()
     q = torch.tensor([max(k / n - 0.005, 0.0), min(k / n + 0.005, 1.0)], dtype=torch.float64)
     lo, hi = torch.quantile(picked, q).to(flat.dtype)
-    below = int((flat < lo).sum())
+    below = int(torch.count_nonzero(flat < lo))
     inside = flat[(flat >= lo) & (flat <= hi)]
     if below < k <= below + inside.numel():
         return torch.kthvalue(inside, k - below).values
@@ -36,7 +36,7 @@ def smallest_k_mask(costs: torch.Tensor, k: int) -> torch.Tensor:
         return ~mask.view(costs.shape)
     tau = kth_smallest(flat.cpu(), k).to(flat.device)
     mask = flat < tau
-    need = k - int(mask.sum())
+    need = k - int(torch.count_nonzero(mask))
     ties = torch.nonzero(flat == tau).flatten()[:need]
     mask[ties] = True
     return mask.view(costs.shape)
