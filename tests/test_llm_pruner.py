@@ -269,5 +269,5 @@ def test_unsupported_architecture_is_a_surgeon_error():
 
     cfg = GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2)
     model = GPT2LMHeadModel(cfg)
-    with pytest.raises(SurgeonError, match="LLM-Pruner supports"):
+    with pytest.raises(SurgeonError, match="coupled heads and channels support"):
         coupled_groups(model)

@@ -47,18 +47,33 @@ LAYOUTS = {
               "mlp_out": "mlp.down_proj"},
     "opt": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
             "o": "self_attn.out_proj", "mlp_in": ("fc1",), "mlp_out": "fc2"},
+    # Phi-3: q, k and v are row blocks of one qkv_proj, gate and up the two halves of gate_up_proj
+    "phi3": {"q": "self_attn.qkv_proj", "k": "self_attn.qkv_proj", "v": "self_attn.qkv_proj",
+             "o": "self_attn.o_proj", "mlp_in": ("mlp.gate_up_proj",), "mlp_out": "mlp.down_proj",
+             "fused": True},
 }
 
 
 @dataclass
 class Group:
-    """One coupled structure: the output rows and input columns it owns, by decoder-Linear name."""
+    """One coupled structure: the output rows and input columns it owns, by decoder-Linear name.
+    A span is a range, or a tuple of ranges where one fused Linear holds several of the group's
+    roles (Phi-3's qkv_proj: its q, k and v rows; gate_up_proj: its gate and up rows)."""
 
     block: int
     kind: str  # MLP or ATTENTION
     index: int  # MLP channel or kv head within the block
-    rows: dict[str, range] = field(default_factory=dict)
-    cols: dict[str, range] = field(default_factory=dict)
+    rows: dict[str, range | tuple[range, ...]] = field(default_factory=dict)
+    cols: dict[str, range | tuple[range, ...]] = field(default_factory=dict)
+
+
+def span_ranges(span) -> tuple[range, ...]:
+    """The ranges of a span (one range, or the parts of a fused Linear's span)."""
+    return span if isinstance(span, tuple) else (span,)
+
+
+def span_indices(span) -> list[int]:
+    return [i for r in span_ranges(span) for i in r]
 
 
 def _layout(model: nn.Module, layers: dict[str, nn.Linear], prefix: str) -> dict:
@@ -69,17 +84,22 @@ def _layout(model: nn.Module, layers: dict[str, nn.Linear], prefix: str) -> dict
         if local == names:
             return layout
     raise SurgeonError(
-        f"LLM-Pruner supports Llama-style (q/k/v/o/gate/up/down) and OPT decoder blocks; "
-        f"{type(model).__name__} has {sorted(local) or 'no Linear layers'}"
+        f"coupled heads and channels support Llama-style (q/k/v/o/gate/up/down), OPT and "
+        f"Phi-3 (qkv/o/gate_up/down) decoder blocks; {type(model).__name__} has "
+        f"{sorted(local) or 'no Linear layers'}"
     )
 
 
-def _heads(model: nn.Module, q: nn.Linear, k: nn.Linear, o: nn.Linear) -> tuple[int, int, int]:
-    """(query heads, kv heads, head dimension), checked against the layer shapes."""
+def _heads(model: nn.Module, q: nn.Linear, k: nn.Linear, o: nn.Linear,
+           fused: bool = False) -> tuple[int, int, int]:
+    """(query heads, kv heads, head dimension), checked against the layer shapes (fused: q is
+    the qkv Linear, q + 2 kv heads' rows)."""
     n_q = model.config.num_attention_heads
     n_kv = getattr(model.config, "num_key_value_heads", None) or n_q
-    d = q.out_features // n_q
-    if (q.out_features != n_q * d or k.out_features != n_kv * d or o.in_features != n_q * d
+    d = o.in_features // n_q
+    q_rows = q.out_features - (2 * n_kv * d if fused else 0)
+    k_rows = n_kv * d if fused else k.out_features
+    if (q_rows != n_q * d or k_rows != n_kv * d or o.in_features != n_q * d
             or n_q % n_kv):
         raise SurgeonError(
             f"attention shapes do not match {n_q} query / {n_kv} kv heads: q {q.out_features}, "
@@ -97,17 +117,26 @@ def coupled_groups(model: nn.Module) -> list[Group]:
     for b in range(len(blocks)):
         prefix = f"{block_prefix}.{b}."
         lay = _layout(model, layers, prefix)
+        fused = lay.get("fused", False)
         name = {role: prefix + lay[role] for role in ("q", "k", "v", "o", "mlp_out")}
         mlp_in = [prefix + local for local in lay["mlp_in"]]
         channels = layers[name["mlp_out"]].in_features
         for i in range(channels):
             span = range(i, i + 1)
-            groups.append(Group(b, MLP, i, {n: span for n in mlp_in}, {name["mlp_out"]: span}))
-        n_q, n_kv, d = _heads(model, layers[name["q"]], layers[name["k"]], layers[name["o"]])
+            rows = {n: (span, range(channels + i, channels + i + 1)) if fused else span
+                    for n in mlp_in}  # fused gate_up: gate row i and up row channels + i
+            groups.append(Group(b, MLP, i, rows, {name["mlp_out"]: span}))
+        n_q, n_kv, d = _heads(model, layers[name["q"]], layers[name["k"]], layers[name["o"]],
+                              fused)
         width = n_q // n_kv * d  # q rows (and o columns) of one kv head's query heads
         for j in range(n_kv):
             q_span, kv_span = range(j * width, (j + 1) * width), range(j * d, (j + 1) * d)
-            rows = {name["q"]: q_span, name["k"]: kv_span, name["v"]: kv_span}
+            if fused:  # qkv rows: q of every head, then k, then v
+                k_at, v_at = n_q * d, (n_q + n_kv) * d
+                rows = {name["q"]: (q_span, range(k_at + kv_span.start, k_at + kv_span.stop),
+                                    range(v_at + kv_span.start, v_at + kv_span.stop))}
+            else:
+                rows = {name["q"]: q_span, name["k"]: kv_span, name["v"]: kv_span}
             groups.append(Group(b, ATTENTION, j, rows, {name["o"]: q_span}))
     return groups
 
@@ -178,7 +207,8 @@ def group_scores(groups: list[Group], importance: dict[str, torch.Tensor]) -> to
                 if f"{name}.bias" in importance:
                     per_row = per_row + importance[f"{name}.bias"]
                 row_sums[name] = _prefix_sums(per_row)
-            total += row_sums[name][span.stop] - row_sums[name][span.start]
+            for part in span_ranges(span):
+                total += row_sums[name][part.stop] - row_sums[name][part.start]
         for name, span in group.cols.items():
             if name not in col_sums:
                 col_sums[name] = _prefix_sums(importance[name].sum(dim=0))
@@ -199,8 +229,8 @@ def _removed(rows: int, cols: int, layer: nn.Linear) -> int:
 def group_params(group: Group, layers: dict[str, nn.Linear]) -> int:
     """Decoder-Linear parameters one group owns (weights + biases of its rows, its columns)."""
     names = set(group.rows) | set(group.cols)
-    return sum(_removed(len(group.rows.get(n, ())), len(group.cols.get(n, ())), layers[n])
-               for n in names)
+    return sum(_removed(len(span_indices(group.rows.get(n, ()))),
+                        len(span_indices(group.cols.get(n, ()))), layers[n]) for n in names)
 
 
 def group_masks(model: nn.Module,
@@ -213,9 +243,11 @@ def group_masks(model: nn.Module,
     }
     for group in groups:
         for name, span in group.rows.items():
-            masks[name][0][span.start:span.stop] = True
+            for part in span_ranges(span):
+                masks[name][0][part.start:part.stop] = True
         for name, span in group.cols.items():
-            masks[name][1][span.start:span.stop] = True
+            for part in span_ranges(span):
+                masks[name][1][part.start:part.stop] = True
     return masks
 
 
