@@ -22,7 +22,7 @@ from surgeon.prune import prune_shot
 
 FAMILIES = ["mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
 ALL = ["llama", "opt", *FAMILIES]
-COMPACTABLE = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"]
+COMPACTABLE = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -111,7 +111,7 @@ def test_unsupported_architectures_are_refused_in_one_line():
         check_architecture(family_model(family))  # supported: no error
 
 
-@pytest.mark.parametrize("family", [*COMPACTABLE, "phi3"])
+@pytest.mark.parametrize("family", COMPACTABLE)
 def test_coupled_heads_and_channels_then_compaction(family, tmp_path):
     """Whole kv groups and MLP channels, 20% of the decoder parameters (biases included), then
     compaction: it removes every one of those zeros, the family's compacted model gives the
@@ -129,10 +129,6 @@ def test_coupled_heads_and_channels_then_compaction(family, tmp_path):
                        calibration=windows)
     removed = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
     assert removed == pytest.approx(0.2, abs=0.01)
-    if family == "phi3":  # units inside the fused Linears; compaction does not split them yet
-        with pytest.raises(SurgeonError, match="compaction supports"):
-            compact_model(model)
-        return
     small, summary = compact_model(model)
     assert summary["zero_weights_left"] == 0 and summary["realised_fraction"] == 1.0
     assert summary["removed_weights"] == sum(int((m.weight == 0).sum())
@@ -192,3 +188,28 @@ def test_structured_peers_on_phi3(method, tmp_path):
     assert removed == pytest.approx(0.2, abs=0.01)
     with torch.no_grad():
         assert torch.isfinite(model(windows).logits).all()
+
+
+def test_phi3_compaction_with_its_own_head_counts_per_layer(tmp_path):
+    """Phi-3 compacted where block 0 lost kv group 0 and block 1 kept every head: each layer
+    splits its fused qkv by its own head counts; logits equal before and after a save/load."""
+    from transformers import AutoModelForCausalLM
+
+    from helpers import apply_structured_masks
+    from surgeon.compact import compact_model
+    from surgeon.llm_pruner import ATTENTION, MLP, coupled_groups, group_masks
+
+    model = family_model("phi3")
+    chosen = [g for g in coupled_groups(model) if (g.block, g.kind, g.index) in
+              ((0, ATTENTION, 0), (1, MLP, 3), (1, MLP, 9))]
+    apply_structured_masks(model, group_masks(model, chosen))
+    small, summary = compact_model(model)
+    assert summary["attention_heads"] == [2, 4] and summary["key_value_heads"] == [1, 2]
+    assert summary["mlp_channels"] == [64, 62] and summary["zero_weights_left"] == 0
+    x = random_windows(2, 16)
+    small.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        reference = model(x).logits
+        assert torch.allclose(small(x).logits, reference, atol=1e-5)
+        assert torch.allclose(loaded(x).logits, reference, atol=1e-5)

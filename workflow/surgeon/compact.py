@@ -1,5 +1,5 @@
 """Compaction: remove the zeroed rows and columns of a structurally pruned model for real
-(Llama, Mistral, Qwen2, Qwen3, Gemma 2/3: compact_models.py).
+(Llama, Mistral, Qwen2, Qwen3, Gemma 2/3, Phi-3: compact_models.py).
 
 Which units can go without changing the function (exactly, not approximately):
 
@@ -35,23 +35,48 @@ class LayerPlan:
     padded_heads: int  # removable query heads kept only to even out the groups
 
 
-def _zero_rows(layer: nn.Linear) -> torch.Tensor:
-    zero = (layer.weight == 0).all(dim=1)
-    return zero & (layer.bias == 0) if layer.bias is not None else zero
+def _zero_rows(layer: nn.Linear, rows: slice = slice(None)) -> torch.Tensor:
+    """Which of `rows` of the Linear are zero, weight and bias entry."""
+    zero = (layer.weight[rows] == 0).all(dim=1)
+    return zero & (layer.bias[rows] == 0) if layer.bias is not None else zero
+
+
+def mlp_rows(mlp) -> tuple[nn.Linear, slice, nn.Linear, slice, object]:
+    """(gate Linear, its rows, up Linear, its rows, activation): Phi-3's gate_up_proj holds
+    the gate rows, then the up rows."""
+    if hasattr(mlp, "gate_up_proj"):
+        width = mlp.down_proj.in_features
+        return (mlp.gate_up_proj, slice(0, width), mlp.gate_up_proj, slice(width, 2 * width),
+                mlp.activation_fn)
+    return mlp.gate_proj, slice(None), mlp.up_proj, slice(None), mlp.act_fn
+
+
+def attention_counts(attn) -> tuple[int, int, int]:
+    """(query heads, kv heads, head_dim) of an attention module, from its Linears' shapes."""
+    d = attn.head_dim
+    heads = attn.o_proj.in_features // d
+    if hasattr(attn, "qkv_proj"):  # Phi-3: q rows of every head, then k, then v
+        return heads, (attn.qkv_proj.out_features - heads * d) // (2 * d), d
+    return heads, attn.k_proj.out_features // d, d
 
 
 def removable_channels(mlp) -> torch.Tensor:
     """Boolean (intermediate,) mask of MLP channels that contribute nothing."""
-    dead = (mlp.down_proj.weight == 0).all(dim=0) | _zero_rows(mlp.up_proj)
-    if float(mlp.act_fn(torch.zeros(1))) == 0.0:
-        dead |= _zero_rows(mlp.gate_proj)
+    gate, gate_rows, up, up_rows, act = mlp_rows(mlp)
+    dead = (mlp.down_proj.weight == 0).all(dim=0) | _zero_rows(up, up_rows)
+    if float(act(torch.zeros(1))) == 0.0:
+        dead |= _zero_rows(gate, gate_rows)
     return dead
 
 
 def removable_heads(attn, heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
     """Boolean (heads,) mask of query heads whose output is zero whatever the input."""
     o_dead = (attn.o_proj.weight == 0).view(-1, heads, head_dim).all(dim=2).all(dim=0)
-    v_dead = _zero_rows(attn.v_proj).view(kv_heads, head_dim).all(dim=1)
+    if hasattr(attn, "qkv_proj"):
+        v_rows = _zero_rows(attn.qkv_proj, slice((heads + kv_heads) * head_dim, None))
+    else:
+        v_rows = _zero_rows(attn.v_proj)
+    v_dead = v_rows.view(kv_heads, head_dim).all(dim=1)
     return o_dead | v_dead.repeat_interleave(heads // kv_heads)
 
 
@@ -78,8 +103,8 @@ def compact_classes(model):
 
     family = model.config.model_type.removesuffix("-compact")
     if family not in COMPACT:
-        raise SurgeonError(f"compaction supports {', '.join(COMPACT)} models (separate q/k/v "
-                           f"and gate/up/down Linears), not {model.config.model_type}")
+        raise SurgeonError(f"compaction supports {', '.join(COMPACT)} models, not "
+                           f"{model.config.model_type}")
     return COMPACT[family]
 
 
@@ -88,9 +113,7 @@ def layer_plans(model) -> list[LayerPlan]:
     plans = []
     for layer in model.model.layers:
         attn = layer.self_attn
-        d = attn.head_dim
-        heads = attn.q_proj.out_features // d
-        kv = attn.k_proj.out_features // d
+        heads, kv, d = attention_counts(attn)
         channels = torch.nonzero(~removable_channels(layer.mlp)).flatten()
         if len(channels) == 0:  # keep one (dead) channel so every Linear has a width
             channels = torch.tensor([0])
@@ -118,17 +141,25 @@ def compact_state(model, plans: list[LayerPlan]) -> dict[str, torch.Tensor]:
     """The state dict of the compacted model: decoder Linears sliced, everything else copied."""
     state = dict(model.state_dict())
     for i, (layer, plan) in enumerate(zip(model.model.layers, plans)):
-        attn, mlp, d = layer.self_attn, layer.mlp, layer.self_attn.head_dim
+        attn, mlp = layer.self_attn, layer.mlp
+        heads, kv_heads, d = attention_counts(attn)
         q, kv = _units(plan.heads, d), _units(plan.kv_heads, d)
-        sliced = {
-            "mlp.gate_proj": _take(mlp.gate_proj, rows=plan.channels),
-            "mlp.up_proj": _take(mlp.up_proj, rows=plan.channels),
-            "mlp.down_proj": _take(mlp.down_proj, cols=plan.channels),
-            "self_attn.q_proj": _take(attn.q_proj, rows=q),
-            "self_attn.k_proj": _take(attn.k_proj, rows=kv),
-            "self_attn.v_proj": _take(attn.v_proj, rows=kv),
-            "self_attn.o_proj": _take(attn.o_proj, cols=q),
-        }
+        sliced = {"mlp.down_proj": _take(mlp.down_proj, cols=plan.channels),
+                  "self_attn.o_proj": _take(attn.o_proj, cols=q)}
+        if hasattr(mlp, "gate_up_proj"):  # the kept gate rows, then the same up rows
+            width = mlp.down_proj.in_features
+            rows = torch.cat([plan.channels, width + plan.channels])
+            sliced["mlp.gate_up_proj"] = _take(mlp.gate_up_proj, rows=rows)
+        else:
+            sliced["mlp.gate_proj"] = _take(mlp.gate_proj, rows=plan.channels)
+            sliced["mlp.up_proj"] = _take(mlp.up_proj, rows=plan.channels)
+        if hasattr(attn, "qkv_proj"):  # the kept q rows, then k rows, then v rows
+            rows = torch.cat([q, heads * d + kv, (heads + kv_heads) * d + kv])
+            sliced["self_attn.qkv_proj"] = _take(attn.qkv_proj, rows=rows)
+        else:
+            sliced["self_attn.q_proj"] = _take(attn.q_proj, rows=q)
+            sliced["self_attn.k_proj"] = _take(attn.k_proj, rows=kv)
+            sliced["self_attn.v_proj"] = _take(attn.v_proj, rows=kv)
         for module, tensors in sliced.items():
             for kind, tensor in tensors.items():
                 state[f"model.layers.{i}.{module}.{kind}"] = tensor

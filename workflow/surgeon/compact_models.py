@@ -1,6 +1,6 @@
 """Decoder models whose layers have their own MLP width and head counts (compacted models).
 
-Transformers' configs of Llama, Mistral, Qwen2, Qwen3, Gemma 2 and Gemma 3 have one
+Transformers' configs of Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 and Phi-3 have one
 `intermediate_size` and one head count for every layer. A compacted model keeps those as the
 widths of the dense model it came from and adds three lists, one entry per layer:
 `layer_intermediate_sizes`, `layer_attention_heads`, `layer_key_value_heads`. `head_dim` is
@@ -18,11 +18,13 @@ without this package.
 
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM,
                           Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
-                          MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+                          MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 WIDTH_KEYS = ("layer_intermediate_sizes", "layer_attention_heads", "layer_key_value_heads")
 
@@ -62,14 +64,25 @@ def resize_layer(layer, config, i: int) -> None:
     mlp, attn = layer.mlp, layer.self_attn
     width, heads, kv = (config.layer_intermediate_sizes[i], config.layer_attention_heads[i],
                         config.layer_key_value_heads[i])
-    mlp.gate_proj = _resized(mlp.gate_proj, width, hidden)
-    mlp.up_proj = _resized(mlp.up_proj, width, hidden)
+    if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate rows then up rows in one Linear
+        mlp.gate_up_proj = _resized(mlp.gate_up_proj, 2 * width, hidden)
+    else:
+        mlp.gate_proj = _resized(mlp.gate_proj, width, hidden)
+        mlp.up_proj = _resized(mlp.up_proj, width, hidden)
     mlp.down_proj = _resized(mlp.down_proj, hidden, width)
     if hasattr(mlp, "intermediate_size"):
         mlp.intermediate_size = width
-    attn.q_proj = _resized(attn.q_proj, heads * d, hidden)
-    attn.k_proj = _resized(attn.k_proj, kv * d, hidden)
-    attn.v_proj = _resized(attn.v_proj, kv * d, hidden)
+    if hasattr(attn, "qkv_proj"):
+        # Phi-3 splits qkv by the head counts of its config and num_key_value_heads: this
+        # layer's attention gets a copy of the config with its own counts
+        attn.qkv_proj = _resized(attn.qkv_proj, (heads + 2 * kv) * d, hidden)
+        attn.config = copy.copy(config)
+        attn.config.num_attention_heads, attn.config.num_key_value_heads = heads, kv
+        attn.num_key_value_heads = kv
+    else:
+        attn.q_proj = _resized(attn.q_proj, heads * d, hidden)
+        attn.k_proj = _resized(attn.k_proj, kv * d, hidden)
+        attn.v_proj = _resized(attn.v_proj, kv * d, hidden)
     attn.o_proj = _resized(attn.o_proj, hidden, heads * d)
     attn.num_key_value_groups = heads // kv
 
@@ -132,6 +145,14 @@ class CompactGemma3ForCausalLM(PerLayerModel, Gemma3ForCausalLM):
     config_class = CompactGemma3TextConfig
 
 
+class CompactPhi3Config(PerLayerWidths, Phi3Config):
+    model_type = "phi3-compact"
+
+
+class CompactPhi3ForCausalLM(PerLayerModel, Phi3ForCausalLM):
+    config_class = CompactPhi3Config
+
+
 # dense model_type -> (compact config class, compact model class)
 COMPACT = {
     "llama": (CompactLlamaConfig, CompactLlamaForCausalLM),
@@ -140,6 +161,7 @@ COMPACT = {
     "qwen3": (CompactQwen3Config, CompactQwen3ForCausalLM),
     "gemma2": (CompactGemma2Config, CompactGemma2ForCausalLM),
     "gemma3_text": (CompactGemma3TextConfig, CompactGemma3ForCausalLM),
+    "phi3": (CompactPhi3Config, CompactPhi3ForCausalLM),
 }
 
 for _config, _model in COMPACT.values():
