@@ -97,72 +97,31 @@ class PerLayerModel:
         self.post_init()
 
 
-class CompactLlamaConfig(PerLayerWidths, LlamaConfig):
-    model_type = "llama-compact"
-
-
-class CompactLlamaForCausalLM(PerLayerModel, LlamaForCausalLM):
-    config_class = CompactLlamaConfig
-
-
-class CompactMistralConfig(PerLayerWidths, MistralConfig):
-    model_type = "mistral-compact"
-
-
-class CompactMistralForCausalLM(PerLayerModel, MistralForCausalLM):
-    config_class = CompactMistralConfig
-
-
-class CompactQwen2Config(PerLayerWidths, Qwen2Config):
-    model_type = "qwen2-compact"
-
-
-class CompactQwen2ForCausalLM(PerLayerModel, Qwen2ForCausalLM):
-    config_class = CompactQwen2Config
-
-
-class CompactQwen3Config(PerLayerWidths, Qwen3Config):
-    model_type = "qwen3-compact"
-
-
-class CompactQwen3ForCausalLM(PerLayerModel, Qwen3ForCausalLM):
-    config_class = CompactQwen3Config
-
-
-class CompactGemma2Config(PerLayerWidths, Gemma2Config):
-    model_type = "gemma2-compact"
-
-
-class CompactGemma2ForCausalLM(PerLayerModel, Gemma2ForCausalLM):
-    config_class = CompactGemma2Config
-
-
-class CompactGemma3TextConfig(PerLayerWidths, Gemma3TextConfig):
-    model_type = "gemma3_text-compact"
-
-
-class CompactGemma3ForCausalLM(PerLayerModel, Gemma3ForCausalLM):
-    config_class = CompactGemma3TextConfig
-
-
-class CompactPhi3Config(PerLayerWidths, Phi3Config):
-    model_type = "phi3-compact"
-
-
-class CompactPhi3ForCausalLM(PerLayerModel, Phi3ForCausalLM):
-    config_class = CompactPhi3Config
+def compact_pair(model_type: str, config_class, model_class) -> tuple[type, type]:
+    """Compact<Config> and Compact<Model> of a family: its own classes with per-layer widths
+    and model_type `<model_type>-compact`. Defined at module level (below), so a folder's
+    auto_map finds them by name in this module."""
+    config = type(f"Compact{config_class.__name__}", (PerLayerWidths, config_class),
+                  {"model_type": f"{model_type}-compact"})
+    model = type(f"Compact{model_class.__name__}", (PerLayerModel, model_class),
+                 {"config_class": config})
+    return config, model
 
 
 # dense model_type -> (compact config class, compact model class)
 COMPACT = {
-    "llama": (CompactLlamaConfig, CompactLlamaForCausalLM),
-    "mistral": (CompactMistralConfig, CompactMistralForCausalLM),
-    "qwen2": (CompactQwen2Config, CompactQwen2ForCausalLM),
-    "qwen3": (CompactQwen3Config, CompactQwen3ForCausalLM),
-    "gemma2": (CompactGemma2Config, CompactGemma2ForCausalLM),
-    "gemma3_text": (CompactGemma3TextConfig, CompactGemma3ForCausalLM),
-    "phi3": (CompactPhi3Config, CompactPhi3ForCausalLM),
+    model_type: compact_pair(model_type, config_class, model_class)
+    for model_type, config_class, model_class in (
+        ("llama", LlamaConfig, LlamaForCausalLM),
+        ("mistral", MistralConfig, MistralForCausalLM),
+        ("qwen2", Qwen2Config, Qwen2ForCausalLM),
+        ("qwen3", Qwen3Config, Qwen3ForCausalLM),
+        ("gemma2", Gemma2Config, Gemma2ForCausalLM),
+        ("gemma3_text", Gemma3TextConfig, Gemma3ForCausalLM),
+        ("phi3", Phi3Config, Phi3ForCausalLM),
+    )
 }
+globals().update({cls.__name__: cls for pair in COMPACT.values() for cls in pair})
 
 for _config, _model in COMPACT.values():
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
