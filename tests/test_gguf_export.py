@@ -387,3 +387,45 @@ def test_float_type_is_refused_for_a_quantized_model(q4_k_m_export):
                         str(out)], capture_output=True, text=True)
     assert r.returncode == 2 and "is quantized" in r.stderr.splitlines()[-1]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("rope_type", ["llama3", "linear"])
+def test_rope_scaling_is_written_as_llama_cpp_reads_it(rope_type, tmp_path, tokenizer):
+    """Llama 3's rope scaling (and linear) as llama.cpp's rope_freqs tensor: theta_i / factor_i
+    with factor_i = default frequency / transformers' scaled one (llama3 with a 16-token
+    original context: 1.74 for the fastest pair, 8 for the others); llama.cpp, where
+    installed, gives the file the model's logits on 32-token windows. yarn is refused."""
+    from gguf import GGUFReader
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers import SMALL
+    from surgeon.ggml_plan import file_type_grids
+
+    params = {"rope_type": rope_type, "rope_theta": 10000.0, "factor": 8.0}
+    if rope_type == "llama3":
+        params.update(low_freq_factor=1.0, high_freq_factor=4.0,
+                      original_max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = peaked_attention(LlamaForCausalLM(LlamaConfig(
+        **SMALL, rope_parameters=params, tie_word_embeddings=False)).eval())
+    grids, table_grids = file_type_grids(model, "Q8_0")
+    removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}
+    codes = quantize_model(model, "rtn", grids, removed, progress=False)
+    tables = quantize_embeddings(model, table_grids)
+    path = tmp_path / "m.gguf"
+    export_gguf(model, tokenizer, codes, path, tables=tables)
+    factors = {t.name: t for t in GGUFReader(str(path)).tensors}["rope_freqs.weight"].data
+    expected = [8.0] * 4 if rope_type == "linear" else [1 / 0.576, 8.0, 8.0, 8.0]
+    np.testing.assert_allclose(factors, expected, rtol=1e-3)
+    yarn = LlamaForCausalLM(LlamaConfig(**SMALL, rope_parameters={
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+        "original_max_position_embeddings": 32}))
+    with pytest.raises(SurgeonError, match="not yarn"):
+        export_gguf(yarn, tokenizer, {}, tmp_path / "yarn.gguf", tables={}, file_type="F32")
+    try:
+        from surgeon import llamacpp
+
+        llamacpp.llama_cpp()
+    except SurgeonError:
+        return  # llama.cpp's own reading: tested where llama-cpp-python is installed
+    assert_same_logits(path, model, random_windows(2, 32, seed=5))

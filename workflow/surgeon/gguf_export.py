@@ -41,6 +41,30 @@ def rope_permute(w: torch.Tensor, heads: int) -> torch.Tensor:
         .reshape(w.shape)
 
 
+# rope types whose only change is a per-frequency divisor, which llama.cpp's llama
+# architecture reads from the rope_freqs tensor
+FREQUENCY_ROPE_TYPES = ("llama3", "linear")
+
+
+def rope_frequency_factors(model, arch: str) -> torch.Tensor | None:
+    """llama.cpp's rope_freqs (theta_i = pos * base^(-2i/d) / factor_i) for the model's rope
+    scaling: the default inverse frequencies over the ones transformers' rotary embedding
+    uses (Llama 3's llama3 type, linear). None without scaling; other types (yarn, dynamic,
+    longrope: their attention factor or length-dependence has no such tensor) are refused."""
+    params = getattr(model.config, "rope_parameters", None) or {}
+    kind = params.get("rope_type", "default")
+    if kind == "default":
+        return None
+    if kind not in FREQUENCY_ROPE_TYPES or arch != "llama":
+        raise SurgeonError(f"GGUF export writes rope scaling of the types "
+                           f"{', '.join(FREQUENCY_ROPE_TYPES)} for the llama architecture only, "
+                           f"not {kind} ({arch})")
+    inv_freq = next(m.inv_freq for m in model.modules() if hasattr(m, "inv_freq")).double()
+    dim = 2 * len(inv_freq)
+    default = 1.0 / params["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    return (default / inv_freq.cpu()).float()
+
+
 def gguf_name(hf_name: str) -> str:
     if hf_name == "model.embed_tokens.weight":
         return "token_embd.weight"
@@ -125,6 +149,9 @@ def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model",
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_file_type({**FILE_TYPES, **FLOAT_FILE_TYPES}[file_type])
     _tokenizer_metadata(writer, tokenizer)
+    rope_factors = rope_frequency_factors(model, arch)
+    if rope_factors is not None:
+        writer.add_tensor("rope_freqs.weight", rope_factors.numpy())
 
     tables = {f"{n}.weight": q for n, q in
               (embedding_codes(model) if tables is None else tables).items()}
