@@ -429,3 +429,63 @@ def test_rope_scaling_is_written_as_llama_cpp_reads_it(rope_type, tmp_path, toke
     except SurgeonError:
         return  # llama.cpp's own reading: tested where llama-cpp-python is installed
     assert_same_logits(path, model, random_windows(2, 32, seed=5))
+
+
+TEXTS = ["Hello world 12345 it's", "x = [1, 2, 3]  # comment!!", "I'M SHOUTING don't WON'T",
+         "def f(a,b):\n    return a**2+b\n\n\n", "Numbers: 2024-11-28, $5.99; e.g. 'quoted'",
+         "  leading spaces\t\ttabs ünïcödé 日本語"]
+
+
+def split_tokenizer(pattern):
+    """A byte-level BPE tokenizer like Llama 3's or Qwen2's: a regex Split, then ByteLevel."""
+    from pydoc_data.topics import topics
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from helpers import VOCAB
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator([topics[k] for k in sorted(topics)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+@pytest.mark.parametrize("pre", ["gpt-2", "llama-bpe", "qwen2"])
+def test_llama_cpp_splits_text_as_the_tokenizer_does(pre, tmp_path, tokenizer):
+    """tokenizer.ggml.pre names the split llama.cpp applies before BPE: GPT-2's regex for
+    SmolLM2 (llama.cpp's "default" split punctuation differently), Llama 3's and Qwen2's
+    Split regexes by their llama.cpp names; llama.cpp, where installed, tokenizes text exactly
+    as the tokenizer does. A SentencePiece-style vocabulary is refused."""
+    from gguf import GGUFReader
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from surgeon.gguf_export import SPLIT_PRE_TOKENIZERS
+
+    if pre != "gpt-2":
+        tokenizer = split_tokenizer(next(p for p, n in SPLIT_PRE_TOKENIZERS.items() if n == pre))
+    path = tmp_path / "m.gguf"
+    export_gguf(tiny_model("llama"), tokenizer, {}, path, tables={}, file_type="F32")
+    field = GGUFReader(str(path)).fields["tokenizer.ggml.pre"]
+    assert bytes(field.parts[field.data[0]]).decode() == pre
+    spm = Tokenizer(models.BPE(byte_fallback=True))
+    spm.pre_tokenizer = pre_tokenizers.Metaspace()
+    with pytest.raises(SurgeonError, match="SentencePiece"):
+        export_gguf(tiny_model("llama"), PreTrainedTokenizerFast(tokenizer_object=spm), {},
+                    tmp_path / "spm.gguf", tables={}, file_type="F32")
+    try:
+        from surgeon import llamacpp
+
+        llama_cpp = llamacpp.llama_cpp()
+    except SurgeonError:
+        return  # llama.cpp's own tokenizer: tested where llama-cpp-python is installed
+    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    for text in TEXTS:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == \
+            tokenizer(text, add_special_tokens=False).input_ids, text

@@ -81,18 +81,51 @@ def gguf_name(hf_name: str) -> str:
     return f"blk.{parts[2]}.{LAYER_NAMES[module]}.{parts[-1]}"
 
 
+# The pre-tokenizer regex of a byte-level BPE tokenizer.json (a Split before a ByteLevel that
+# applies no regex of its own) -> llama.cpp's name for the same split (llama-vocab.cpp)
+SPLIT_PRE_TOKENIZERS = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+    r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",  # Llama 3
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+    r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",  # Qwen 1.5-3
+}
+
+
+def pre_tokenizer_name(backend: dict) -> str:
+    """llama.cpp's `tokenizer.ggml.pre` that splits text as the tokenizer does: "gpt-2" for a
+    lone ByteLevel with GPT-2's regex (SmolLM2 as imported from its GGUF), the names of
+    SPLIT_PRE_TOKENIZERS; anything else (SentencePiece-style vocabularies of Llama 2, Mistral,
+    Gemma; other regexes) is refused: llama.cpp would tokenize text differently."""
+    pre = backend.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt-2"
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    if (len(parts) == 2 and parts[0]["type"] == "Split" and parts[1]["type"] == "ByteLevel"
+            and not parts[1].get("use_regex", True)
+            and parts[0]["pattern"].get("Regex") in SPLIT_PRE_TOKENIZERS):
+        return SPLIT_PRE_TOKENIZERS[parts[0]["pattern"]["Regex"]]
+    raise SurgeonError(
+        "GGUF export writes byte-level BPE vocabularies split as GPT-2 (SmolLM2), Llama 3 or "
+        "Qwen2 split them; this tokenizer (pre-tokenizer "
+        f"{json.dumps(pre)[:60] if pre else 'none: SentencePiece-style'}) would be tokenized "
+        "differently by llama.cpp")
+
+
 def _tokenizer_metadata(writer, tokenizer) -> None:
-    """gpt2-style BPE vocabulary, merges and special tokens (what SmolLM2 and Llama 3 use)."""
+    """Byte-level BPE vocabulary (llama.cpp's gpt2 model), merges, special tokens and the
+    pre-tokenizer llama.cpp must use to split text as the tokenizer does."""
     from gguf import TokenType
 
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    if backend["model"]["type"] != "BPE":
-        raise SurgeonError("GGUF export supports BPE tokenizers only")
+    if backend["model"]["type"] != "BPE" or backend["model"].get("byte_fallback"):
+        raise SurgeonError("GGUF export writes byte-level BPE vocabularies only (not "
+                           "SentencePiece-style ones with byte fallback)")
+    pre = pre_tokenizer_name(backend)
     vocab = tokenizer.get_vocab()
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
     special = set(tokenizer.all_special_tokens)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types([TokenType.CONTROL if t in special else TokenType.NORMAL
                             for t in tokens])
