@@ -252,7 +252,7 @@ def test_curvature_stage_stops_before_any_window_without_space(tmp_path, llama_d
     writes a file of exactly the factors' size."""
     factors = curvature_bytes(decoder_linears(tiny_model("llama")))
     free_space(monkeypatch, factors)  # room for the .h5, not for the checkpoint beside it
-    monkeypatch.setattr("surgeon.stages.curvature.load_windows", must_not_run)
+    monkeypatch.setattr("surgeon.data.load_windows", must_not_run)  # read by the stage
     out, ckpt = tmp_path / "dense" / "curvature.h5", tmp_path / "dense" / "curvature.ckpt"
     args = ["curvature", "--model", str(llama_dir), "--calibration", str(windows),
             "--out", str(out), "--checkpoint", str(ckpt), "--checkpoint-every", "1",
