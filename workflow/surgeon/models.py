@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from pathlib import Path
-from unittest import mock
 
 import torch
 from torch import nn
@@ -85,9 +84,11 @@ def _gguf_parsed_once():
             name_maps[arch, n_blocks] = name_map(arch, n_blocks)
         return name_maps[arch, n_blocks]
 
-    with mock.patch.object(gguf, "GGUFReader", reader), \
-            mock.patch.object(gguf, "get_tensor_name_map", tensor_name_map):
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, tensor_name_map
+    try:
         yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
 
 
 def _from_gguf(path: Path):
