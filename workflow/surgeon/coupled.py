@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from .linalg import spd_solve
-from .llm_pruner import Group, span_indices
+from .llm_pruner import Group, span_ranges
 from .threshold import REMOVED
 
 
@@ -47,7 +47,7 @@ def live_positions(live: torch.Tensor, span) -> torch.Tensor:
     """Positions inside the live sub-problem of the live indices of `span` (a range, or the
     ranges of a fused Linear: their rows are removed jointly, one sub-block of Gi)."""
     pos = torch.cumsum(live.long(), 0) - 1
-    idx = torch.tensor(span_indices(span), dtype=torch.long)
+    idx = torch.cat([torch.arange(r.start, r.stop) for r in span_ranges(span)])
     return pos[idx[live[idx]]]
 
 
@@ -91,8 +91,10 @@ def layer_spans(groups: list[Group]) -> dict[str, dict[str, tuple[list[int], lis
 def unit_removed(group: Group, zero_rows: dict[str, torch.Tensor],
                  zero_cols: dict[str, torch.Tensor]) -> bool:
     """True when every row and column the group owns is already all zero."""
-    return (all(bool(zero_rows[n][span_indices(s)].all()) for n, s in group.rows.items())
-            and all(bool(zero_cols[n][span_indices(s)].all()) for n, s in group.cols.items()))
+    return (all(bool(zero_rows[n][r.start:r.stop].all())
+                for n, s in group.rows.items() for r in span_ranges(s))
+            and all(bool(zero_cols[n][r.start:r.stop].all())
+                    for n, s in group.cols.items() for r in span_ranges(s)))
 
 
 def select_units(groups: list[Group], costs: torch.Tensor, params: torch.Tensor,

@@ -5,6 +5,9 @@ Coupled groups (structures that can only be removed together, or the model stops
 model of the same kind):
 - MLP channel i of a block: row i of every MLP input layer (Llama gate and up, OPT fc1; with its
   bias entry) and column i of the MLP output layer (Llama down, OPT fc2).
+- Phi-3 holds q, k and v in one qkv_proj and gate and up in one gate_up_proj: a group owns
+  several row blocks of that one Linear (its q rows, then its k and v rows; gate row i and up
+  row I + i).
 - Attention group j of a block, GQA-aware: one key/value head together with every query head that
   reads it. With g = num_attention_heads / num_key_value_heads query heads per kv head and head
   dimension d, query head h reads kv head h // g (how Hugging Face repeats kv heads), so group j
