@@ -456,29 +456,67 @@ def split_tokenizer(pattern):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
 
 
-@pytest.mark.parametrize("pre", ["gpt-2", "llama-bpe", "qwen2"])
-def test_llama_cpp_splits_text_as_the_tokenizer_does(pre, tmp_path, tokenizer):
-    """tokenizer.ggml.pre names the split llama.cpp applies before BPE: GPT-2's regex for
-    SmolLM2 (llama.cpp's "default" split punctuation differently), Llama 3's and Qwen2's
-    Split regexes by their llama.cpp names; llama.cpp, where installed, tokenizes text exactly
-    as the tokenizer does. A SentencePiece-style vocabulary is refused."""
-    from gguf import GGUFReader
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def sentencepiece_tokenizer(style):
+    """A byte-fallback BPE tokenizer as transformers converts SentencePiece models: spaces as
+    "▁" with one prepended (llama2: normalizers, as Llama 2 / Mistral; metaspace: the
+    Metaspace pre-tokenizer of newer conversions) or none prepended (gemma), <0xXX> tokens."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from helpers import VOCAB
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    if style == "llama2":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                               normalizers.Replace(" ", "▁")])
+    elif style == "gemma":
+        tok.normalizer = normalizers.Replace(" ", "▁")
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse()])
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, show_progress=False,
+        special_tokens=["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)])
+    tok.train_from_iterator([topics[k] for k in sorted(topics)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")
+
+
+@pytest.mark.parametrize("style", ["gpt-2", "llama-bpe", "qwen2", "llama2", "gemma",
+                                   "metaspace"])
+def test_llama_cpp_tokenizes_text_as_the_tokenizer_does(style, tmp_path, tokenizer):
+    """The vocabulary as llama.cpp reads it. Byte-level BPE: tokenizer.ggml.pre names the split
+    llama.cpp applies (GPT-2's regex for SmolLM2: llama.cpp's "default" split punctuation
+    differently; Llama 3's and Qwen2's Split regexes). SentencePiece-style byte-fallback BPE:
+    llama.cpp's llama model with merge ranks as scores, byte tokens, the space prefix or not.
+    llama.cpp, where installed, tokenizes text exactly as the tokenizer does (Metaspace: except
+    text that starts with a space, where llama.cpp prepends one more, as SentencePiece does)."""
+    from gguf import GGUFReader
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers import SMALL
     from surgeon.gguf_export import SPLIT_PRE_TOKENIZERS
 
-    if pre != "gpt-2":
-        tokenizer = split_tokenizer(next(p for p, n in SPLIT_PRE_TOKENIZERS.items() if n == pre))
+    if style in ("llama-bpe", "qwen2"):
+        tokenizer = split_tokenizer(next(p for p, n in SPLIT_PRE_TOKENIZERS.items()
+                                         if n == style))
+    elif style in ("llama2", "gemma", "metaspace"):
+        tokenizer = sentencepiece_tokenizer(style)
+    model = LlamaForCausalLM(LlamaConfig(**{**SMALL, "vocab_size": len(tokenizer)})).eval()
     path = tmp_path / "m.gguf"
-    export_gguf(tiny_model("llama"), tokenizer, {}, path, tables={}, file_type="F32")
-    field = GGUFReader(str(path)).fields["tokenizer.ggml.pre"]
-    assert bytes(field.parts[field.data[0]]).decode() == pre
-    spm = Tokenizer(models.BPE(byte_fallback=True))
-    spm.pre_tokenizer = pre_tokenizers.Metaspace()
-    with pytest.raises(SurgeonError, match="SentencePiece"):
-        export_gguf(tiny_model("llama"), PreTrainedTokenizerFast(tokenizer_object=spm), {},
-                    tmp_path / "spm.gguf", tables={}, file_type="F32")
+    export_gguf(model, tokenizer, {}, path, tables={}, file_type="F32")
+    fields = GGUFReader(str(path)).fields
+
+    def field(key):
+        return bytes(fields[key].parts[fields[key].data[0]]).decode()
+
+    if style in ("llama2", "gemma", "metaspace"):
+        assert field("tokenizer.ggml.model") == "llama"
+        assert bool(fields["tokenizer.ggml.add_space_prefix"].parts[-1][0]) == (style != "gemma")
+    else:
+        assert field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.pre") == style
     try:
         from surgeon import llamacpp
 
@@ -487,5 +525,7 @@ def test_llama_cpp_splits_text_as_the_tokenizer_does(pre, tmp_path, tokenizer):
         return  # llama.cpp's own tokenizer: tested where llama-cpp-python is installed
     llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     for text in TEXTS:
+        if style == "metaspace" and text.startswith(" "):
+            continue
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == \
             tokenizer(text, add_special_tokens=False).input_ids, text

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -92,10 +93,10 @@ SPLIT_PRE_TOKENIZERS = {
 
 
 def pre_tokenizer_name(backend: dict) -> str:
-    """llama.cpp's `tokenizer.ggml.pre` that splits text as the tokenizer does: "gpt-2" for a
-    lone ByteLevel with GPT-2's regex (SmolLM2 as imported from its GGUF), the names of
-    SPLIT_PRE_TOKENIZERS; anything else (SentencePiece-style vocabularies of Llama 2, Mistral,
-    Gemma; other regexes) is refused: llama.cpp would tokenize text differently."""
+    """llama.cpp's `tokenizer.ggml.pre` that splits a byte-level BPE tokenizer's text as the
+    tokenizer does: "gpt-2" for a lone ByteLevel with GPT-2's regex (SmolLM2 as imported from
+    its GGUF), the names of SPLIT_PRE_TOKENIZERS; other splits are refused: llama.cpp would
+    tokenize text differently."""
     pre = backend.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
         return "gpt-2"
@@ -106,31 +107,77 @@ def pre_tokenizer_name(backend: dict) -> str:
         return SPLIT_PRE_TOKENIZERS[parts[0]["pattern"]["Regex"]]
     raise SurgeonError(
         "GGUF export writes byte-level BPE vocabularies split as GPT-2 (SmolLM2), Llama 3 or "
-        "Qwen2 split them; this tokenizer (pre-tokenizer "
-        f"{json.dumps(pre)[:60] if pre else 'none: SentencePiece-style'}) would be tokenized "
-        "differently by llama.cpp")
+        f"Qwen2 split them; this tokenizer's pre-tokenizer ({json.dumps(pre)[:60]}) would be "
+        "split differently by llama.cpp")
+
+
+def space_prefix(backend: dict) -> bool:
+    """Whether a SentencePiece-style tokenizer.json marks spaces with "▁" and prepends one to
+    the text (Llama 2, Mistral: yes; Gemma: no); refused when it does not mark spaces."""
+    normalizer, pre = backend.get("normalizer") or {}, backend.get("pre_tokenizer") or {}
+    steps = normalizer.get("normalizers", [normalizer])
+    if any(n.get("type") == "Replace" and n.get("content") == "▁" for n in steps):
+        return any(n.get("type") == "Prepend" and n.get("prepend") == "▁" for n in steps)
+    if pre.get("type") == "Metaspace":
+        return pre.get("prepend_scheme", "always") != "never"
+    raise SurgeonError("GGUF export: a byte-fallback BPE tokenizer that does not mark spaces "
+                       "with '▁' (SentencePiece-style) is not a vocabulary llama.cpp reads")
+
+
+def _sentencepiece_metadata(writer, tokenizer, backend: dict) -> None:
+    """llama.cpp's SentencePiece vocabulary (its `llama` tokenizer model) from a byte-fallback
+    BPE tokenizer.json: llama.cpp merges the adjacent pair whose merged token scores highest,
+    so a merged token's score is minus the rank of its merge (the first merge scores 0), the
+    other tokens 0; <0xXX> tokens are byte tokens."""
+    from gguf import TokenType
+
+    vocab = tokenizer.get_vocab()
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]]
+    rank = {m.replace(" ", ""): -float(i) for i, m in reversed(list(enumerate(merges)))}
+    special = set(tokenizer.all_special_tokens)
+
+    def kind(token: str):
+        if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+            return TokenType.BYTE
+        if token == tokenizer.unk_token:
+            return TokenType.UNKNOWN
+        return TokenType.CONTROL if token in special else TokenType.NORMAL
+
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([rank.get(t, 0.0) for t in tokens])
+    writer.add_token_types([kind(t) for t in tokens])
+    writer.add_add_space_prefix(space_prefix(backend))
+    if tokenizer.unk_token_id is not None:
+        writer.add_unk_token_id(tokenizer.unk_token_id)
 
 
 def _tokenizer_metadata(writer, tokenizer) -> None:
-    """Byte-level BPE vocabulary (llama.cpp's gpt2 model), merges, special tokens and the
-    pre-tokenizer llama.cpp must use to split text as the tokenizer does."""
+    """The vocabulary as llama.cpp reads it: byte-level BPE (its gpt2 model: merges and the
+    pre-tokenizer that splits text as the tokenizer does) or SentencePiece-style byte-fallback
+    BPE (its llama model: scores and byte tokens); special token ids."""
     from gguf import TokenType
 
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    if backend["model"]["type"] != "BPE" or backend["model"].get("byte_fallback"):
-        raise SurgeonError("GGUF export writes byte-level BPE vocabularies only (not "
-                           "SentencePiece-style ones with byte fallback)")
-    pre = pre_tokenizer_name(backend)
-    vocab = tokenizer.get_vocab()
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    special = set(tokenizer.all_special_tokens)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types([TokenType.CONTROL if t in special else TokenType.NORMAL
-                            for t in tokens])
-    merges = backend["model"]["merges"]
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    if backend["model"]["type"] != "BPE":
+        raise SurgeonError(f"GGUF export writes BPE vocabularies, not "
+                           f"{backend['model']['type']}")
+    if backend["model"].get("byte_fallback"):
+        _sentencepiece_metadata(writer, tokenizer, backend)
+    else:
+        pre = pre_tokenizer_name(backend)
+        vocab = tokenizer.get_vocab()
+        tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+        special = set(tokenizer.all_special_tokens)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(tokens)
+        writer.add_token_types([TokenType.CONTROL if t in special else TokenType.NORMAL
+                                for t in tokens])
+        merges = backend["model"]["merges"]
+        writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
     if tokenizer.bos_token_id is not None:
         writer.add_bos_token_id(tokenizer.bos_token_id)
     if tokenizer.eos_token_id is not None:
