@@ -276,7 +276,6 @@ def test_other_families_export_as_llama_cpp_reads_them(family, tmp_path, tokeniz
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from helpers import SMALL, family_model
-    from surgeon.ggml_plan import file_type_grids
 
     if family == "llama-bias":
         torch.manual_seed(0)
@@ -289,12 +288,7 @@ def test_other_families_export_as_llama_cpp_reads_them(family, tmp_path, tokeniz
     else:
         model = family_model(family)
     model = peaked_attention(model)
-    grids, table_grids = file_type_grids(model, "Q8_0")
-    removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}
-    codes = quantize_model(model, "rtn", grids, removed, progress=False)
-    tables = quantize_embeddings(model, table_grids)
-    path = tmp_path / "m.gguf"
-    export_gguf(model, tokenizer, codes, path, tables=tables)
+    path = q8_0_export(model, tokenizer, tmp_path / "m.gguf")
     reader = GGUFReader(str(path))
     arch = reader.fields["general.architecture"]
     llama = family in ("llama-bias", "mistral")
@@ -321,6 +315,19 @@ def test_other_families_export_as_llama_cpp_reads_them(family, tmp_path, tokeniz
         return  # llama.cpp's own reading: tested where llama-cpp-python is installed
     windows = random_windows(2, 32, seed=5)
     assert_same_logits(path, model, windows)
+
+
+def q8_0_export(model, tokenizer, path):
+    """`model` rounded to llama.cpp's Q8_0 file type (as the quantize stage does) and exported
+    to `path`."""
+    from surgeon.ggml_plan import file_type_grids
+
+    grids, table_grids = file_type_grids(model, "Q8_0")
+    removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}
+    codes = quantize_model(model, "rtn", grids, removed, progress=False)
+    tables = quantize_embeddings(model, table_grids)
+    export_gguf(model, tokenizer, codes, path, tables=tables)
+    return path
 
 
 def peaked_attention(model, scale=10.0):
@@ -399,7 +406,6 @@ def test_rope_scaling_is_written_as_llama_cpp_reads_it(rope_type, tmp_path, toke
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from helpers import SMALL
-    from surgeon.ggml_plan import file_type_grids
 
     params = {"rope_type": rope_type, "rope_theta": 10000.0, "factor": 8.0}
     if rope_type == "llama3":
@@ -408,12 +414,7 @@ def test_rope_scaling_is_written_as_llama_cpp_reads_it(rope_type, tmp_path, toke
     torch.manual_seed(0)
     model = peaked_attention(LlamaForCausalLM(LlamaConfig(
         **SMALL, rope_parameters=params, tie_word_embeddings=False)).eval())
-    grids, table_grids = file_type_grids(model, "Q8_0")
-    removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}
-    codes = quantize_model(model, "rtn", grids, removed, progress=False)
-    tables = quantize_embeddings(model, table_grids)
-    path = tmp_path / "m.gguf"
-    export_gguf(model, tokenizer, codes, path, tables=tables)
+    path = q8_0_export(model, tokenizer, tmp_path / "m.gguf")
     factors = {t.name: t for t in GGUFReader(str(path)).tensors}["rope_freqs.weight"].data
     expected = [8.0] * 4 if rope_type == "linear" else [1 / 0.576, 8.0, 8.0, 8.0]
     np.testing.assert_allclose(factors, expected, rtol=1e-3)
