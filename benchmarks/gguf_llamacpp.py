@@ -2,7 +2,9 @@
 
 For each model folder (with the curvature file GPTQ reads its H from) and each llama.cpp file
 type: our GPTQ codes on llama-quantize's per-tensor types (the quantize stage with
---gguf-type), exported, and llama-quantize of the same model written as F32. Columns: file
+--gguf-type), exported, and llama-quantize of the same model written as F32, without and
+with an importance matrix (the diagonals of the same curvature's A factors: the mean squared
+input of every column over the calibration windows, what llama-imatrix computes). Columns: file
 bytes, our evaluation of the quantized weights (transformers), and llama.cpp's perplexity of
 each file, in-domain and out of domain. Needs llama-cpp-python (`make llama-cpp`).
 
@@ -25,7 +27,7 @@ from surgeon.curvature_store import open_curvature
 from surgeon.data import load_windows
 from surgeon.evaluate import perplexity
 from surgeon.ggml_plan import file_type_grids
-from surgeon.gguf_export import export_gguf
+from surgeon.gguf_export import export_gguf, gguf_name
 from surgeon.masks import load_mask, weight_columns
 from surgeon.models import load_model, load_tokenizer
 from surgeon.prune import decoder_weights
@@ -49,8 +51,8 @@ def ours(folder, curvature, file_type, out: Path, windows, threads) -> dict:
             "llama.cpp": [llamacpp.perplexity(out, w, threads) for w in windows]}
 
 
-def theirs(f32: Path, file_type, out: Path, windows, threads) -> dict:
-    llamacpp.quantize(f32, out, file_type, threads)
+def theirs(f32: Path, file_type, out: Path, windows, threads, importance=None) -> dict:
+    llamacpp.quantize(f32, out, file_type, threads, importance)
     return {"bytes": out.stat().st_size,
             "llama.cpp": [llamacpp.perplexity(out, w, threads) for w in windows]}
 
@@ -78,6 +80,9 @@ def main():
         tmp = Path(tmp)
         for folder, curvature in zip(args.model, args.curvature, strict=True):
             model = load_model(folder, "cpu")
+            with open_curvature(curvature) as f:  # the calibration windows GPTQ's H is from
+                importance = llamacpp.importance_matrix(
+                    f, {n: gguf_name(f"{n}.weight") for n in decoder_weights(model)})
             f32 = tmp / "f32.gguf"
             export_gguf(model, load_tokenizer(folder), {}, f32, tables={}, file_type="F32")
             f32_ppl = [llamacpp.perplexity(f32, w, args.threads) for w in windows]
@@ -92,7 +97,11 @@ def main():
                              "seconds": round(time.time() - start), **row})
                 row = theirs(f32, file_type, tmp / "theirs.gguf", windows, args.threads)
                 rows.append({"model": folder, "type": file_type, "by": "llama-quantize", **row})
-                for r in rows[-2:]:
+                row = theirs(f32, file_type, tmp / "theirs-imatrix.gguf", windows, args.threads,
+                             importance)
+                rows.append({"model": folder, "type": file_type,
+                             "by": "llama-quantize + imatrix", **row})
+                for r in rows[-3:]:
                     print(json.dumps(r), flush=True)
     print("| model | type | quantized by | file bytes | our ppl (in / ood) | llama.cpp ppl "
           "(in / ood) |")

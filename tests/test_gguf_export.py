@@ -530,3 +530,36 @@ def test_llama_cpp_tokenizes_text_as_the_tokenizer_does(style, tmp_path, tokeniz
             continue
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == \
             tokenizer(text, add_special_tokens=False).input_ids, text
+
+
+def test_importance_matrix_from_the_curvature(q4_k_m_export):
+    """llama.cpp's importance matrix from our curvature file: per GGUF tensor, the diagonal
+    of the layer's A over its weight columns (the mean squared input of each column); given
+    to llama-quantize (where installed) it changes the Q4_0 codes it picks."""
+    import h5py
+
+    from surgeon import llamacpp
+    from surgeon.models import load_model, load_tokenizer
+
+    names = {n: gguf_name(f"{n}.weight")
+             for n in decoder_linears(load_model(q4_k_m_export / "pruned", "cpu"))}
+    with h5py.File(q4_k_m_export / "curvature.h5", "r") as f:
+        importance = llamacpp.importance_matrix(f, names)
+        for layer, tensor in names.items():
+            A = f[layer]["A"][()]
+            assert importance[tensor].dtype == np.float32
+            np.testing.assert_array_equal(importance[tensor],
+                                          A.diagonal()[: f[layer].attrs["weight_shape"][1]])
+    assert importance["blk.0.ffn_down.weight"].shape == (96,)
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make llama-cpp)")
+    from gguf import GGUFReader
+
+    f32 = q4_k_m_export / "f32-imatrix-test.gguf"
+    export_gguf(load_model(q4_k_m_export / "pruned", "cpu"),
+                load_tokenizer(q4_k_m_export / "pruned"), {}, f32, tables={}, file_type="F32")
+    plain, weighted = q4_k_m_export / "q4_0.gguf", q4_k_m_export / "q4_0-imatrix.gguf"
+    llamacpp.quantize(f32, plain, "Q4_0", 1)
+    llamacpp.quantize(f32, weighted, "Q4_0", 1, importance)
+    a = {t.name: bytes(t.data) for t in GGUFReader(str(plain)).tensors}
+    b = {t.name: bytes(t.data) for t in GGUFReader(str(weighted)).tensors}
+    assert a.keys() == b.keys() and a["blk.0.attn_q.weight"] != b["blk.0.attn_q.weight"]
