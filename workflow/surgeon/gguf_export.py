@@ -124,16 +124,14 @@ def space_prefix(backend: dict) -> bool:
                        "with '▁' (SentencePiece-style) is not a vocabulary llama.cpp reads")
 
 
-def _sentencepiece_metadata(writer, tokenizer, backend: dict) -> None:
+def _sentencepiece_metadata(writer, tokenizer, backend: dict, tokens: list[str],
+                            merges: list[str]) -> None:
     """llama.cpp's SentencePiece vocabulary (its `llama` tokenizer model) from a byte-fallback
     BPE tokenizer.json: llama.cpp merges the adjacent pair whose merged token scores highest,
     so a merged token's score is minus the rank of its merge (the first merge scores 0), the
     other tokens 0; <0xXX> tokens are byte tokens."""
     from gguf import TokenType
 
-    vocab = tokenizer.get_vocab()
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]]
     rank = {m.replace(" ", ""): -float(i) for i, m in reversed(list(enumerate(merges)))}
     special = set(tokenizer.all_special_tokens)
 
@@ -164,20 +162,19 @@ def _tokenizer_metadata(writer, tokenizer) -> None:
     if backend["model"]["type"] != "BPE":
         raise SurgeonError(f"GGUF export writes BPE vocabularies, not "
                            f"{backend['model']['type']}")
+    tokens = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]]
     if backend["model"].get("byte_fallback"):
-        _sentencepiece_metadata(writer, tokenizer, backend)
+        _sentencepiece_metadata(writer, tokenizer, backend, tokens, merges)
     else:
         pre = pre_tokenizer_name(backend)
-        vocab = tokenizer.get_vocab()
-        tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
         special = set(tokenizer.all_special_tokens)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre)
         writer.add_token_list(tokens)
         writer.add_token_types([TokenType.CONTROL if t in special else TokenType.NORMAL
                                 for t in tokens])
-        merges = backend["model"]["merges"]
-        writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+        writer.add_token_merges(merges)
     if tokenizer.bos_token_id is not None:
         writer.add_bos_token_id(tokenizer.bos_token_id)
     if tokenizer.eos_token_id is not None:
