@@ -27,7 +27,11 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+import torch
+
 from surgeon import prune as prune_module
+from surgeon import unit_greedy
+from surgeon.linalg import spd_solve
 from surgeon.curvature import estimate_kfac, layer_metadata
 from surgeon.curvature_store import write_curvature
 from surgeon.evaluate import perplexity, sparsity_stats
@@ -81,6 +85,50 @@ def plan_issue15() -> list[dict]:
     return first + [r for r in grid if run_key(r) not in keys]
 
 
+def plan_issue16() -> list[dict]:
+    """Coupled structured units (MLP channels, attention groups) at 20% and 30%: LLM Surgeon
+    with the output-layer costs and global greedy (`coupled_cost: output`) over damping_g and
+    shots, the summed costs of every touched layer (`summed`) for comparison, and the peers."""
+    base = {"method": "llm-surgeon", "structure": "structured", "units": "coupled",
+            "windows": 16, "lora_steps": 0, "damping_a": 0.01}
+
+    def unit(target, shots, dg, cost="output"):
+        return {**base, "target": target, "shots": shots, "damping_g": dg, "coupled_cost": cost}
+
+    peers = [{**base, "method": m, "target": t, "shots": 1, "damping_g": 0.0}
+             for t in (0.2, 0.3) for m in ("slimgpt", "llm-pruner")]
+    first = [unit(0.2, 1, dg) for dg in (1.0, 10.0, 0.1, 100.0)]
+    first += [unit(0.2, 4, 10.0), unit(0.3, 1, 10.0), unit(0.3, 4, 10.0), unit(0.2, 4, 0.1),
+              unit(0.2, 8, 10.0), unit(0.3, 8, 10.0)]
+    first += peers + [unit(0.2, 1, 10.0, "summed"), unit(0.3, 1, 10.0, "summed")]
+    first += [unit(0.2, 1, 10.0, "output-ranked"), unit(0.3, 1, 10.0, "output-ranked")]
+    return first + [{**unit(0.2, 1, 10.0), "damping_a": 0.1}, {**unit(0.2, 1, 10.0), "windows": 32}]
+
+
+PLANS = {"issue15": plan_issue15, "issue16": plan_issue16}
+
+
+class RankedOutputLayer(unit_greedy.OutputLayer):
+    """Ablation of the greedy (`coupled_cost: output-ranked`, this script only): a removal
+    marks the unit and leaves W and Ai as they are, so every unit keeps its single-unit cost
+    (one ranking by cost per parameter); weights() then makes the joint column removal of
+    every marked unit at once, the same optimal update for that set."""
+
+    def remove(self, j):
+        self.alive[j] = False
+
+    def weights(self):
+        gone = [j for j in range(len(self.spans)) if not self.alive[j]]
+        if not gone:
+            return self.W.clone()
+        T = torch.cat([self.spans[j] for j in gone])
+        W = self.W.double()
+        Ai = self.Ai.double()
+        W = W - spd_solve(Ai[T][:, T], W[:, T].T).T @ Ai[T]
+        W[:, T] = 0.0
+        return W.to(self.W.dtype)
+
+
 def write_factors(model, windows, path):
     factors, acc = estimate_kfac(model, windows, progress=False)
     write_curvature(path, factors, {"fisher": "empirical"}, layer_metadata(acc))
@@ -94,6 +142,8 @@ def run_one(run, args, windows, evaluation, ood, scratch, device):
     removed = {n: W == 0 for n, W in decoder_weights(model).items()}
     cal = windows[run["windows"]]
     prune_module.DAMPED_COST_NUMERATORS = not run.get("undamped_numerators", False)
+    ranked = run.get("coupled_cost") == "output-ranked"
+    prune_module.OutputLayer = RankedOutputLayer if ranked else unit_greedy.OutputLayer
     timings = []
     for shot in range(1, run["shots"] + 1):
         t0 = time.time()
@@ -108,7 +158,9 @@ def run_one(run, args, windows, evaluation, ood, scratch, device):
                            run.get("damping_a", 0.01), progress=False, device=str(device),
                            structure=run["structure"], calibration=cal,
                            sequential=run.get("sequential", False),
-                           nm_schedule=run.get("nm_schedule", "blocks"))
+                           nm_schedule=run.get("nm_schedule", "blocks"),
+                           units=run.get("units"),
+                           coupled_cost="output" if ranked else run.get("coupled_cost", "output"))
         model.to(device)  # some methods hand the model back on the CPU
         t2 = time.time()
         if run.get("lora_steps", 0):  # after every shot, as lora_steps does in the workflow
@@ -133,6 +185,8 @@ def label(run: dict) -> str:
              f"{run['windows']} windows"]
     if run.get("lora_steps"):
         parts.append(f"low-rank correction {run['lora_steps']} steps after every shot")
+    if run.get("units") == "coupled" and run["method"] == "llm-surgeon":
+        parts.append(f"coupled units, {run.get('coupled_cost', 'output')} costs")
     if run.get("undamped_numerators"):
         parts.append("undamped cost numerators")
     return ", ".join(parts)
@@ -177,7 +231,7 @@ def main():
     p.add_argument("--calibration32", default="", help="windows file with 32 windows")
     p.add_argument("--evaluation", required=True)
     p.add_argument("--ood", required=True)
-    p.add_argument("--plan", default="issue15", choices=["issue15"])
+    p.add_argument("--plan", default="issue15", choices=list(PLANS))
     p.add_argument("--only", default="", help="comma-separated run indices of the plan")
     p.add_argument("--worker", default="0/1",
                    help="k/n: run only plan entries i with i %% n == k (parallel processes)")
@@ -195,7 +249,7 @@ def main():
         for line in out.read_text().splitlines():
             rec = json.loads(line)
             done.add(rec["key"])
-    runs = plan_issue15()
+    runs = PLANS[args.plan]()
     if not args.calibration32:
         runs = [r for r in runs if r["windows"] == 16]
     if args.only:

@@ -36,8 +36,8 @@ CASES = [
     (config_with(shot=2), "experiments.foo.shot: unknown key (did you mean 'shots'?)"),
     ({**config_with(), "modle": {}}, "modle: unknown key (did you mean 'model'?)"),
     (config_with(bogus=1, other=2),
-     "experiments.foo.bogus: unknown key (and 1 more); allowed: compact, damping_a, "
-     "damping_g, evaluate_shots, keep_shots, lora_lr, lora_rank, lora_steps, lora_windows, "
+     "experiments.foo.bogus: unknown key (and 1 more); allowed: compact, coupled_cost, "
+     "damping_a, damping_g, evaluate_shots, keep_shots, lora_lr, lora_rank, lora_steps, lora_windows, "
      "method, nm_schedule, quantize, recover, recover_objective, sequential, shots, structure, "
      "target, units, zeroshot"),
     (config_with(shots="two"), "experiments.foo.shots: 'two' is not an integer"),

@@ -98,8 +98,9 @@ def test_selection_by_cost_per_parameter_keeps_one_unit_of_each_kind_per_block()
     assert bool(chosen[cheapest])
 
 
+@pytest.mark.parametrize("coupled_cost", ["output", "summed"])
 @pytest.mark.parametrize("shots", [1, 2])
-def test_every_removed_unit_disappears_in_compaction(tmp_path, shots):
+def test_every_removed_unit_disappears_in_compaction(tmp_path, shots, coupled_cost):
     model = tiny_model("llama", seed=5).double()
     windows = random_windows(4, 24, seed=1)
     total = sum(W.numel() for W in decoder_weights(model).values())
@@ -108,7 +109,8 @@ def test_every_removed_unit_disappears_in_compaction(tmp_path, shots):
         path = curvature_file(model, tmp_path / f"c{shot}.h5", windows)
         fraction = 0.3 * shot / shots
         masks = prune_shot(model, "llm-surgeon", fraction, removed, path, 0.1, 0.01,
-                           progress=False, structure="structured", units="coupled")
+                           progress=False, structure="structured", units="coupled",
+                           coupled_cost=coupled_cost)
         assert all(bool((removed[n] <= masks[n]).all()) for n in masks)  # earlier stay removed
         removed = masks
     zeros = sum(int((W == 0).sum()) for W in decoder_weights(model).values())
@@ -197,3 +199,71 @@ def test_slimgpt_removes_the_given_per_block_counts():
     kv = model.model.layers[1].self_attn.k_proj.weight
     assert int((kv == 0).all(dim=1).sum()) == model.config.head_dim
     assert not (model.model.layers[0].self_attn.k_proj.weight == 0).all(dim=1).any()
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_output_costs_update_only_the_output_layers_to_their_joint_optimum(tmp_path, arch):
+    """coupled_cost output: every o_proj / down_proj (out_proj / fc2) ends at the optimal
+    column removal of the units it lost (W - W_T (Ai_TT)^-1 Ai[T, :] with the shot's damped A,
+    the bias column of OPT's fc2 updated too); the input layers keep every weight of the kept
+    units and lose exactly the rows of the removed ones."""
+    model = tiny_model(arch, seed=6).double()
+    with torch.no_grad():  # a random OPT's biases are zero: give them values, as trained ones
+        for layer in decoder_linears(model).values():
+            if layer.bias is not None:
+                layer.bias.normal_(0.0, 0.02)
+    windows = random_windows(4, 24, seed=3)
+    path = curvature_file(model, tmp_path / "c.h5", windows)
+    before = decoder_weights(model)
+    removed = {n: W == 0 for n, W in before.items()}
+    masks = prune_shot(model, "llm-surgeon", 0.3, removed, path, 1.0, 0.01, progress=False,
+                       structure="structured", units="coupled")
+    after = decoder_weights(model)
+    outputs = {n for g in coupled_groups(model) for n in g.cols}
+    rows_removed = 0
+    with open_curvature(path) as f:
+        for n, W in before.items():
+            if n in outputs:
+                A, _ = read_factors(f, n)
+                live = A.diagonal() > 0  # OPT's ReLU leaves channels with no input: dead
+                cols = masks[n].all(dim=0)[live]
+                Ai = linalg.spd_inverse(linalg.damped(A[live][:, live], 0.01))
+                Wl = W[:, live]
+                expected = torch.zeros_like(W)
+                expected[:, live] = Wl - linalg.spd_solve(Ai[cols][:, cols],
+                                                          Wl[:, cols].T).T @ Ai[cols]
+                expected[:, masks[n].all(dim=0)] = 0.0
+                assert torch.allclose(after[n], expected, atol=1e-4 * float(W.abs().max())), n
+                assert not bool(masks[n].all(dim=1).any())  # no output row removed
+            else:
+                rows = masks[n].all(dim=1)
+                rows_removed += int(rows.sum())
+                assert bool((after[n][rows] == 0).all())
+                assert torch.equal(after[n][~rows], before[n][~rows]), n
+    assert rows_removed > 0
+    if arch == "opt":  # the bias column of fc2 takes part in the update
+        fc2 = "model.decoder.layers.0.fc2"
+        assert not torch.equal(after[fc2][:, -1], before[fc2][:, -1])
+
+
+def test_the_prune_stage_records_which_coupled_costs_it_used(tmp_path, llama_dir):
+    import json
+    import subprocess
+    import sys
+
+    model = tiny_model("llama")
+    path = curvature_file(model, tmp_path / "c.h5", random_windows(2, 16, seed=1))
+
+    def prune(*extra):
+        out = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        r = subprocess.run([sys.executable, "-m", "surgeon", "prune", "--model", str(llama_dir),
+                            "--structure", "structured", "--target", "0.2", "--curvature",
+                            str(path), "--out", str(out), *extra],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return json.loads((out / "manifest.json").read_text())["config"]
+
+    assert prune("--method", "llm-surgeon", "--units", "coupled")["coupled_cost"] == "output"
+    config = prune("--method", "llm-surgeon", "--units", "coupled", "--coupled-cost", "summed")
+    assert config["coupled_cost"] == "summed"
+    assert "coupled_cost" not in prune("--method", "llm-surgeon", "--units", "rows-columns")

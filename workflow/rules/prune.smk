@@ -28,6 +28,7 @@ rule prune_shot:
         sequential=sequential_flag,
         nm_schedule=setting("nm_schedule"),
         units=setting("units"),
+        coupled_cost=setting("coupled_cost"),
         lora_steps=setting("lora_steps"),
         lora_rank=setting("lora_rank"),
         lora_lr=setting("lora_lr"),
@@ -38,7 +39,8 @@ rule prune_shot:
         " --structure {params.structure} --target {params.target}"
         " --shots {params.shots} --shot {wildcards.shot} {params.optional} {params.sequential}"
         " --damping-g {params.damping_g} --damping-a {params.damping_a}"
-        " --nm-schedule {params.nm_schedule} --units {params.units} --device {params.device}"
+        " --nm-schedule {params.nm_schedule} --units {params.units}"
+        " --coupled-cost {params.coupled_cost} --device {params.device}"
         " --lora-steps {params.lora_steps} --lora-rank {params.lora_rank}"
         " --lora-lr {params.lora_lr} --lora-windows {params.lora_windows} --seed {params.seed}"
         " --out {output} 2>&1 | tee {log}"

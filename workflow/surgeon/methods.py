@@ -31,6 +31,13 @@ UNITS = {
     "rows-columns": "single rows and columns of every Linear (the LLM Surgeon paper's)",
 }
 
+COUPLED_COSTS = {
+    "output": "a unit costed on the output layer its removal acts in (down_proj / o_proj "
+              "columns), chosen by one global greedy with exact downdates",
+    "summed": "the row and column costs of every layer a unit touches, summed, each layer "
+              "updated (the earlier version, for comparison)",
+}
+
 UPDATES = {
     "obs": "optimal correlated update under G (x) A, damped by damping_g and damping_a",
     "sweep": "SparseGPT's column sweep under A, damped by damping_a",

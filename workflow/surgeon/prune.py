@@ -13,11 +13,12 @@ from . import obs
 from .coupling import dead_after_removal
 from .curvature_store import open_curvature, read_factors
 from .errors import SurgeonError
-from .methods import METHODS, check_method, damping_g_default
+from .methods import COUPLED_COSTS, METHODS, check_method, damping_g_default
 from .layerwise import prune_sequentially
 from .coupled import layer_spans, select_units, span_costs, unit_removed
+from .linalg import damped, spd_inverse
 from .llm_pruner import (coupled_groups, group_masks, group_params, group_scores,
-                         llm_pruner_masks, taylor_importance)
+                         llm_pruner_masks, span_indices, taylor_importance)
 from .models import decoder_linears, set_weight_with_bias, weight_with_bias
 from .selection import select_elements
 from .slimgpt import slimgpt_masks
@@ -25,6 +26,7 @@ from .sparsegpt import sparsegpt_prune
 from .structured import (obs_structured_update, removed_count, structure_costs,
                          structured_threshold)
 from .threshold import REMOVED
+from .unit_greedy import OutputLayer, global_greedy
 from .wanda import wanda_scores
 
 
@@ -316,6 +318,55 @@ def coupled_shot(model, weights, removed, fraction, curvature, damp_g, damp_a, p
     return apply_structured(weights, removed, removal, removal, inverses, device)
 
 
+def output_greedy_shot(model, weights, removed, fraction, curvature, damp_g, damp_a,
+                       progress=True, device="cpu"):
+    """Structured LLM Surgeon on coupled units costed on their output layers (unit_greedy.py):
+    one global greedy with exact downdates over every o_proj / down_proj, the input-layer rows
+    of the chosen units zeroed. Units removed in earlier shots (no live column left) count
+    first. Returns (weights, masks)."""
+    groups = coupled_groups(model)
+    linears = decoder_linears(model)
+    params = [group_params(g, linears) for g in groups]
+    by_output: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        (name,) = g.cols  # a unit's columns lie in one output layer
+        by_output.setdefault(name, []).append(i)
+    pool, gone = [], []
+    with open_curvature(curvature) as f:
+        for n, ids in tqdm(by_output.items(), desc="inverses", disable=not progress):
+            W = weights[n].to(device)
+            A, G = (x.to(device) for x in read_factors(f, n))
+            check_shapes(n, W, A, G)
+            live = ~obs.dead_structures(W, G, A)[1]
+            bias = slice(linears[n].in_features, None)  # a zero bias still takes an update
+            live[bias] = A.diagonal()[bias] > 0
+            pos = torch.cumsum(live.long(), 0) - 1
+            spans, kept = [], []
+            for i in ids:
+                idx = torch.tensor(span_indices(groups[i].cols[n]), device=W.device)
+                idx = idx[live[idx]]
+                (spans.append(pos[idx]), kept.append(i)) if len(idx) else gone.append(i)
+            Ai = spd_inverse(damped(A[live][:, live], damp_a))
+            layer = OutputLayer.build(W[:, live], damped(G, damp_g), Ai, spans, kept,
+                                      [params[i] for i in kept], dtype=torch.float32)
+            pool.append((n, live, layer))
+    total = sum(W.numel() for W in weights.values())
+    chosen = global_greedy([layer for _, _, layer in pool], round(fraction * total),
+                           sum(params[i] for i in gone))
+    updated = {}
+    for n, live, layer in pool:
+        updated[n] = torch.zeros_like(weights[n])
+        updated[n][:, live.cpu()] = layer.weights().to("cpu", weights[n].dtype)
+    removal = group_masks(model, [groups[i] for i in gone + chosen])
+    new_weights, masks = {}, {}
+    for n, W in weights.items():
+        rows, cols = removal[n]
+        cols = torch.cat([cols, cols.new_zeros(W.shape[1] - len(cols))])  # bias column stays
+        masks[n] = rows[:, None] | cols[None, :] | removed[n]
+        new_weights[n] = updated.get(n, W).masked_fill(masks[n], 0.0)
+    return new_weights, masks
+
+
 def coupled_selection(model, weights, fraction, curvature, damp_g, damp_a, progress=True,
                       device="cpu"):
     """(groups, chosen, inverses): each coupled unit's cost summed over the layers it touches
@@ -449,7 +500,8 @@ def prune_shot(model, method: str, fraction: float, removed, curvature: Path | N
                structure: str = "unstructured",
                calibration: torch.Tensor | None = None,
                sequential: bool = False, nm_schedule: str = "blocks",
-               units: str | None = None, cache_bytes: float = 6e9) -> dict[str, torch.Tensor]:
+               units: str | None = None, cache_bytes: float = 6e9,
+               coupled_cost: str = "output") -> dict[str, torch.Tensor]:
     """Prune `model` in place to a cumulative removed `fraction`; returns the masks.
 
     `calibration` (token windows) is read by methods that need gradients (llm-pruner) and by
@@ -460,6 +512,9 @@ def prune_shot(model, method: str, fraction: float, removed, curvature: Path | N
     """
     m = check_method(method, structure, fraction, units)
     units = units or m.units[0]
+    if coupled_cost not in COUPLED_COSTS:
+        raise SurgeonError(f"unknown coupled_cost '{coupled_cost}'; known: "
+                           f"{', '.join(COUPLED_COSTS)}")
     if damp_g is None:
         damp_g = damping_g_default(structure)
     if sequential and method not in SEQUENTIAL_METHODS:
@@ -480,6 +535,9 @@ def prune_shot(model, method: str, fraction: float, removed, curvature: Path | N
         masks = llm_pruner_shot(model, fraction, calibration, device)
         masks = {n: mask | removed[n] for n, mask in masks.items()}
         new_weights = {n: W.masked_fill(masks[n], 0.0) for n, W in weights.items()}
+    elif structure == "structured" and units == "coupled" and coupled_cost == "output":
+        new_weights, masks = output_greedy_shot(model, weights, removed, fraction, curvature,
+                                                damp_g, damp_a, progress, device)
     elif structure == "structured" and units == "coupled":
         new_weights, masks = coupled_shot(model, weights, removed, fraction, curvature, damp_g,
                                           damp_a, progress, device)

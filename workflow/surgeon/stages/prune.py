@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import SurgeonError
-from ..methods import DAMPING_A_DEFAULT, METHODS, UNITS
+from ..methods import COUPLED_COSTS, DAMPING_A_DEFAULT, METHODS, UNITS
 
 def cmd_prune(args):
     from ..artifacts import check_free_space
@@ -37,6 +37,7 @@ def cmd_prune(args):
                        device=str(resolve_device(args.device)), structure=args.structure,
                        calibration=windows, sequential=args.sequential,
                        nm_schedule=args.nm_schedule, units=args.units,
+                       coupled_cost=args.coupled_cost,
                        cache_bytes=args.inverse_cache * 2**30)
     correction = None
     if args.lora_steps > 0:
@@ -50,6 +51,8 @@ def cmd_prune(args):
                                             "lora_rank", "lora_lr", "lora_windows")}
     if args.structure == "structured":
         config["units"] = args.units or METHODS[args.method].units[0]
+        if config["units"] == "coupled" and METHODS[args.method].update == "obs":
+            config["coupled_cost"] = args.coupled_cost
     update = METHODS[args.method].update  # record only the damping the method reads
     config.update({"damping_g": args.damping_g} if update == "obs" else {})
     reads_a = update in ("obs", "sweep", "layer-obs")
@@ -114,6 +117,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--units", choices=sorted(UNITS), default=None,
                    help="structured units: coupled (MLP channels, attention groups: what "
                    "compaction removes) or rows-columns (default: the method's first)")
+    s.add_argument("--coupled-cost", choices=list(COUPLED_COSTS), default="output",
+                   help="llm-surgeon, coupled units: output (a unit costed on its output layer, "
+                   "global greedy with downdates) or summed (row and column costs of every "
+                   "layer it touches, the earlier version)")
     s.add_argument("--nm-schedule", choices=["blocks", "elements"], default="blocks",
                    help="2:4 over several shots: whole blocks per shot, or single elements "
                    "(at most two per block) by one global threshold")
