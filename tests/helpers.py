@@ -71,13 +71,21 @@ SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_
 def family_model(family: str, seed: int = 0):
     """A tiny random-weight model of a decoder family: llama, opt, mistral, qwen2 (q/k/v
     biases), qwen3 (q/k norms, head_dim 8), gemma2 (head_dim 16, tied, soft-capping), gemma3
-    (head_dim 16, tied, q/k norms, sliding and global layers) or phi3 (fused projections), in
-    eval mode."""
+    (head_dim 16, tied, q/k norms, sliding and global layers), phi3 (fused projections) or
+    gpt2 (Conv1D layers, fused c_attn, biases everywhere, learned positions, tied; its MLP
+    4 x 32 wide, the width transformers' GGUF reader assumes; biases and LayerNorms random, as
+    in a trained GPT-2: transformers starts them at 0 and 1, zero biases would count as removed
+    weights and hide a bias that an export or a slice drops), in eval mode and as load_model
+    gives it (Conv1D as Linears)."""
     import transformers as tf
+
+    from surgeon.models import linears_for_conv1d
 
     if family in ("llama", "opt"):
         return tiny_model(family, seed)
     configs = {
+        "gpt2": lambda: tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
+                                      n_positions=128, bos_token_id=0, eos_token_id=0),
         "mistral": lambda: tf.MistralConfig(**SMALL, tie_word_embeddings=False),
         "qwen2": lambda: tf.Qwen2Config(**SMALL, tie_word_embeddings=False),
         "qwen3": lambda: tf.Qwen3Config(**SMALL, head_dim=8, tie_word_embeddings=False),
@@ -89,8 +97,15 @@ def family_model(family: str, seed: int = 0):
         "phi3": lambda: tf.Phi3Config(**SMALL, tie_word_embeddings=False, pad_token_id=0),
     }
     torch.manual_seed(seed)
-    model = tf.AutoModelForCausalLM.from_config(configs[family]()).eval()
-    return model
+    model = tf.AutoModelForCausalLM.from_config(configs[family]())
+    if family == "gpt2":
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0, 0.02)
+                elif ".ln_" in name:
+                    p.normal_(1, 0.1)
+    return linears_for_conv1d(model.eval())
 
 
 def random_windows(n: int, seqlen: int, seed: int = 0) -> torch.Tensor:

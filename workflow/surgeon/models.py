@@ -132,7 +132,8 @@ def _require_config(model_dir: str | Path) -> Path:
 
 
 def load_model(model_dir: str | Path, device: torch.device | str = "cpu"):
-    """A model folder written by `import-model` (or any HF safetensors folder), in eval mode."""
+    """A model folder written by `import-model` (or any HF safetensors folder), in eval mode,
+    with GPT-2's Conv1D layers as Linears (linears_for_conv1d)."""
     from transformers import AutoModelForCausalLM
 
     from . import compact_models  # noqa: F401  registers compacted models with the Auto classes
@@ -142,13 +143,14 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu"):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     except Exception as err:  # corrupt or truncated weights
         raise SurgeonError(f"cannot load model from {model_dir}: {err}".splitlines()[0]) from None
-    check_architecture(model)
+    check_architecture(linears_for_conv1d(model))
     return model.to(device).eval()
 
 
 def model_skeleton(model_dir: str | Path):
     """The model of a folder on the meta device: its layer shapes in about a second, with no
-    weights read or memory allocated, so a stage can size what it will write before it runs."""
+    weights read or memory allocated, so a stage can size what it will write before it runs
+    (Conv1D layers as Linears, as load_model gives them)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from . import compact_models  # noqa: F401  registers compacted models with the Auto classes
@@ -159,7 +161,7 @@ def model_skeleton(model_dir: str | Path):
     except Exception as err:  # unreadable config.json
         raise SurgeonError(f"cannot load model from {model_dir}: {err}".splitlines()[0]) from None
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        return linears_for_conv1d(AutoModelForCausalLM.from_config(config, dtype=torch.float32))
 
 
 def load_tokenizer(model_dir: str | Path):
@@ -182,8 +184,8 @@ EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 
 def check_architecture(model: nn.Module) -> None:
     """Refuse in one line a model whose blocks this tool cannot prune: encoder-decoders,
-    mixture-of-experts blocks, GPT-2's transposed Conv1D layers, blocks without attention
-    (state-space models) or without nn.Linear layers."""
+    mixture-of-experts blocks, blocks without attention (state-space models) or without
+    nn.Linear layers (GPT-2's Conv1D layers are Linears once linears_for_conv1d has run)."""
     cfg = model.config
     kind = cfg.model_type
     if getattr(cfg, "is_encoder_decoder", False):
@@ -196,10 +198,6 @@ def check_architecture(model: nn.Module) -> None:
                            "modelled")
     blocks = decoder_blocks(model)
     names = [(n, type(m).__name__) for n, m in blocks[0].named_modules()]
-    conv = next((n for n, t in names if t == "Conv1D"), None)
-    if conv is not None:
-        raise SurgeonError(f"{kind}: GPT-2-style Conv1D layers ({conv}) are not supported yet: "
-                           "their weights are stored transposed")
     if not any("attn" in n.lower() or "attention" in t.lower() for n, t in names):
         raise SurgeonError(f"{kind}: blocks without attention (state-space or recurrent "
                            "layers) are not supported")
@@ -216,6 +214,51 @@ def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
         for name, module in blocks.named_modules()
         if isinstance(module, nn.Linear)
     }
+
+
+class Conv1DLinear(nn.Linear):
+    """An nn.Linear standing in for a transformers Conv1D (GPT-2's y = x W + b, W stored
+    (in, out)): the same function with the weight (out, in), as every other family's layers
+    hold it. The class marks the layers that checkpoint_state writes back transposed."""
+
+
+def conv1d_as_linear(conv: nn.Module) -> Conv1DLinear:
+    """The Conv1DLinear of a Conv1D: its weight transposed, its bias the same Parameter. Built
+    on the meta device first, so no random initial weight is allocated and thrown away."""
+    nx, nf = conv.weight.shape
+    linear = Conv1DLinear(nx, nf, bias=conv.bias is not None, device="meta")
+    linear.weight = nn.Parameter(conv.weight.detach().t().contiguous(),
+                                 requires_grad=conv.weight.requires_grad)
+    linear.bias = conv.bias
+    return linear
+
+
+def linears_for_conv1d(model: nn.Module) -> nn.Module:
+    """`model` (in place) with every transformers Conv1D replaced by its Conv1DLinear, so that
+    curvature, pruning, LoRA, quantization and compaction see GPT-2 like any other family: its
+    attention and MLP call the layers and never read their weights. A model without Conv1D
+    is returned unchanged."""
+    from transformers.pytorch_utils import Conv1D
+
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, Conv1D)]
+    for name, conv in convs:
+        parent, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, conv1d_as_linear(conv))
+    return model
+
+
+def checkpoint_state(model: nn.Module) -> dict | None:
+    """The state dict as the model's checkpoint stores it: every Conv1DLinear's weight back in
+    Conv1D's (in, out) layout, which transformers' GPT-2 (and a GPT-2 compacted here) loads.
+    None when the model has no such layer: its own state_dict is its checkpoint."""
+    converted = {f"{n}.weight": m for n, m in model.named_modules()
+                 if isinstance(m, Conv1DLinear)}
+    if not converted:
+        return None
+    state = model.state_dict()
+    for key, layer in converted.items():
+        state[key] = layer.weight.detach().t().contiguous()
+    return state
 
 
 def weight_with_bias(layer: nn.Linear) -> torch.Tensor:
@@ -242,7 +285,8 @@ def context_length(cfg) -> int | None:
 
 
 def save_model(model, tokenizer, out_dir: Path, extra_files: dict | None = None) -> None:
-    """Save in HF safetensors format (caller handles atomicity)."""
-    model.save_pretrained(out_dir, safe_serialization=True)
+    """Save in HF safetensors format (caller handles atomicity); layers that were Conv1D go
+    back to Conv1D's layout, so a GPT-2 folder is a GPT-2 checkpoint."""
+    model.save_pretrained(out_dir, state_dict=checkpoint_state(model), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
