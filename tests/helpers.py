@@ -68,7 +68,7 @@ SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
 
 
-def family_model(family: str, seed: int = 0):
+def family_model(family: str, seed: int = 0, attention: str | None = None):
     """A tiny random-weight model of a decoder family: llama, opt, mistral, qwen2 (q/k/v
     biases), qwen3 (q/k norms, head_dim 8), gemma2 (head_dim 16, tied, soft-capping), gemma3
     (head_dim 16, tied, q/k norms, sliding and global layers), phi3 (fused projections) or
@@ -76,7 +76,8 @@ def family_model(family: str, seed: int = 0):
     4 x 32 wide, the width transformers' GGUF reader assumes; biases and LayerNorms random, as
     in a trained GPT-2: transformers starts them at 0 and 1, zero biases would count as removed
     weights and hide a bias that an export or a slice drops), in eval mode and as load_model
-    gives it (Conv1D as Linears)."""
+    gives it (Conv1D as Linears). `attention` names transformers' attention implementation
+    (default: its own choice, sdpa; not for llama and opt)."""
     import transformers as tf
 
     from surgeon.models import linears_for_conv1d
@@ -97,7 +98,7 @@ def family_model(family: str, seed: int = 0):
         "phi3": lambda: tf.Phi3Config(**SMALL, tie_word_embeddings=False, pad_token_id=0),
     }
     torch.manual_seed(seed)
-    model = tf.AutoModelForCausalLM.from_config(configs[family]())
+    model = tf.AutoModelForCausalLM.from_config(configs[family](), attn_implementation=attention)
     if family == "gpt2":
         with torch.no_grad():
             for name, p in model.named_parameters():

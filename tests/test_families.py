@@ -220,6 +220,25 @@ def test_gpt2_folder_is_a_gpt2_checkpoint(tmp_path, tokenizer):
         assert skeleton[name].weight.shape == layer.weight.shape
 
 
+def test_gpt2_blocks_run_alone_see_the_causal_mask():
+    """Sequential pruning runs each block on the captured inputs of block 0: GPT-2 passes its
+    causal mask by position, which must come along (with eager attention a block without it
+    attends to later tokens); the blocks run one by one reproduce the model's last hidden
+    state."""
+    from surgeon.layerwise import _run, block_inputs
+
+    model = family_model("gpt2", attention="eager")
+    x = random_windows(2, 16)
+    inputs = block_inputs(model, x, "cpu")
+    assert all(kwargs["attention_mask"] is not None for _, kwargs in inputs)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            inputs = [(_run(block, hidden, kwargs), kwargs) for hidden, kwargs in inputs]
+        for (hidden, _), ids in zip(inputs, x):
+            expected = model(ids[None], output_hidden_states=True).hidden_states[-1]
+            assert torch.allclose(model.transformer.ln_f(hidden), expected, atol=1e-6)
+
+
 def test_phi3_compaction_with_its_own_head_counts_per_layer(tmp_path):
     """Phi-3 compacted where block 0 lost kv group 0 and block 1 kept every head: each layer
     splits its fused qkv by its own head counts; logits equal before and after a save/load."""

@@ -10,6 +10,7 @@ block every Linear sees the block's unpruned inputs. The only difference from th
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -26,11 +27,15 @@ class _Stop(Exception):
 @torch.no_grad()
 def block_inputs(model, windows: torch.Tensor, device) -> list[tuple[torch.Tensor, dict]]:
     """Per window: the hidden states entering block 0 and the keyword arguments the model
-    passes to its blocks (positions, rotary embeddings, attention mask)."""
+    passes to its blocks (positions, rotary embeddings, attention mask). Arguments passed by
+    position are kept under their names: GPT-2 passes its causal mask positionally, and a
+    block run without it attends to later tokens (eager attention)."""
     captured = []
 
     def hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
+        names = list(inspect.signature(module.forward).parameters)
+        kwargs = {**dict(zip(names, args)), **kwargs}
+        hidden = kwargs.pop(names[0])
         kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "cache",
                                                               "past_key_value")}
         captured.append((hidden.detach(), kwargs))
