@@ -23,7 +23,7 @@ from surgeon.prune import prune_shot
 
 FAMILIES = ["mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt2"]
 ALL = ["llama", "opt", *FAMILIES]
-COMPACTABLE = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
+COMPACTABLE = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt2"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -114,10 +114,11 @@ def test_coupled_heads_and_channels_then_compaction(family, tmp_path):
     """Whole kv groups and MLP channels, 20% of the decoder parameters (biases included), then
     compaction: it removes every one of those zeros, the family's compacted model gives the
     masked model's logits (float64: to rounding; float32: within 1e-4 of their spread), and
-    transformers loads the saved folder (with this package, and with trust_remote_code alone)."""
+    transformers loads the folder save_model writes (GPT-2's layers back in Conv1D layout)."""
     from transformers import AutoModelForCausalLM
 
     from surgeon.compact import compact_model
+    from surgeon.models import save_model
 
     windows = random_windows(2, 16)
     model = family_model(family)
@@ -139,7 +140,7 @@ def test_coupled_heads_and_channels_then_compaction(family, tmp_path):
         exact, _ = compact_model(model.double())
         assert torch.allclose(exact(windows).logits, model(windows).logits, rtol=0,
                               atol=1e-10 * float(spread))
-    small.save_pretrained(tmp_path / "compact")
+    save_model(small, None, tmp_path / "compact")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "compact")
     assert type(loaded) is type(small)
     with torch.no_grad():
@@ -175,17 +176,25 @@ def test_phi3_fused_groups_are_whole_heads_and_channels():
         assert torch.allclose(small(x).logits, model(x).logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["phi3", "gpt2"])
 @pytest.mark.parametrize("method", ["llm-pruner", "slimgpt"])
-def test_structured_peers_on_phi3(method, tmp_path):
-    """LLM-Pruner and the SlimGPT-style baseline use the same fused-Linear units on Phi-3."""
+def test_structured_peers_on_fused_qkv(method, family, tmp_path):
+    """LLM-Pruner and the SlimGPT-style baseline use the same fused-Linear units on Phi-3 and
+    GPT-2; compaction then cuts every zero they leave, with the masked model's logits."""
+    from surgeon.compact import compact_model
+
     windows = random_windows(2, 16)
-    model = family_model("phi3")
+    model = family_model(family).double()
     masks = prune_shot(model, method, 0.2, removed_so_far(model, tmp_path), calibration=windows,
                        progress=False, structure="structured")
     removed = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
     assert removed == pytest.approx(0.2, abs=0.01)
+    small, summary = compact_model(model)
+    assert summary["zero_weights_left"] == 0
     with torch.no_grad():
-        assert torch.isfinite(model(windows).logits).all()
+        reference = model(windows).logits
+        assert torch.allclose(small(windows).logits, reference, rtol=0,
+                              atol=1e-10 * float(reference.std()))
 
 
 def test_gpt2_folder_is_a_gpt2_checkpoint(tmp_path, tokenizer):
@@ -218,6 +227,42 @@ def test_gpt2_folder_is_a_gpt2_checkpoint(tmp_path, tokenizer):
         assert isinstance(layers[name], Conv1DLinear)
         assert torch.equal(layers[name].weight, layer.weight)
         assert skeleton[name].weight.shape == layer.weight.shape
+
+
+def test_gpt2_fused_groups_are_whole_heads_and_channels(tmp_path):
+    """GPT-2's coupled units: zeroing head 0 of block 0 (its q, k and v rows of c_attn with
+    their biases, its attn.c_proj columns) and MLP channel 5 of block 1 (c_fc row 5 and bias,
+    mlp.c_proj column 5) computes what zeroing only their output columns computes (the rows
+    are the head's and the channel's own); compaction cuts exactly those units, and the saved
+    gpt2-compact folder, with each layer's own head count, gives the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from helpers import apply_structured_masks
+    from surgeon.compact import compact_model
+    from surgeon.llm_pruner import ATTENTION, MLP, coupled_groups, group_masks
+    from surgeon.models import save_model
+
+    model, outputs_only = family_model("gpt2").double(), family_model("gpt2").double()
+    chosen = [g for g in coupled_groups(model)
+              if (g.block, g.kind, g.index) in ((0, ATTENTION, 0), (1, MLP, 5))]
+    masks = group_masks(model, chosen)
+    assert [int(r.sum()) for r, _ in masks.values()] == [24, 0, 0, 0, 0, 0, 1, 0]
+    apply_structured_masks(model, masks)
+    blocks = outputs_only.transformer.h
+    with torch.no_grad():
+        blocks[0].attn.c_proj.weight[:, :8] = 0
+        blocks[1].mlp.c_proj.weight[:, 5] = 0
+    x = random_windows(2, 16)
+    small, summary = compact_model(model)
+    assert summary["attention_heads"] == summary["key_value_heads"] == [3, 4]
+    assert summary["mlp_channels"] == [128, 127] and summary["zero_weights_left"] == 0
+    save_model(small, None, tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).double()
+    assert loaded.config.model_type == "gpt2-compact"
+    with torch.no_grad():
+        reference = outputs_only(x).logits
+        for m in (model, small, loaded):
+            assert torch.allclose(m(x).logits, reference, rtol=0, atol=1e-12)
 
 
 def test_gpt2_blocks_run_alone_see_the_causal_mask():

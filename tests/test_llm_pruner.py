@@ -265,9 +265,11 @@ def test_end_to_end_on_calibration_windows(arch):
 
 
 def test_unsupported_architecture_is_a_surgeon_error():
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """GPT-NeoX interleaves q, k and v per head in query_key_value: no layout here."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    cfg = GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2)
-    model = GPT2LMHeadModel(cfg)
-    with pytest.raises(SurgeonError, match="coupled heads and channels support"):
+    cfg = GPTNeoXConfig(vocab_size=64, max_position_embeddings=16, hidden_size=16,
+                        intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    model = GPTNeoXForCausalLM(cfg)
+    with pytest.raises(SurgeonError, match="coupled heads and channels support.*query_key_value"):
         coupled_groups(model)

@@ -1,11 +1,12 @@
 """Compaction: remove the zeroed rows and columns of a structurally pruned model for real
-(Llama, Mistral, Qwen2, Qwen3, Gemma 2/3, Phi-3: compact_models.py).
+(Llama, Mistral, Qwen2, Qwen3, Gemma 2/3, Phi-3, GPT-2: compact_models.py).
 
 Which units can go without changing the function (exactly, not approximately):
 
 * MLP channel i, out = down(act(gate x) * up x): removable when down's column i is zero, or
   up's row i is zero, or gate's row i is zero and act(0) = 0 (SiLU) -- biases included.
-  Gate row, up row and down column go together.
+  Gate row, up row and down column go together. GPT-2's out = c_proj(act(c_fc x)) has no up:
+  c_fc is the gate (GELU(0) = 0).
 * Query head h: removable when its o_proj columns are zero (its output is never read) or when
   the v rows of its kv head are zero (it only averages zeros). A head whose q rows are zero is
   NOT removable: it attends uniformly and still passes a mean of the values on.
@@ -41,29 +42,52 @@ def _zero_rows(layer: nn.Linear, rows: slice = slice(None)) -> torch.Tensor:
     return zero & (layer.bias[rows] == 0) if layer.bias is not None else zero
 
 
-def mlp_rows(mlp) -> tuple[nn.Linear, slice, nn.Linear, slice, object]:
+def attention(layer) -> nn.Module:
+    """The attention module of a decoder layer (GPT-2: attn, the others: self_attn)."""
+    return layer.attn if hasattr(layer, "attn") else layer.self_attn
+
+
+def output_projection(module) -> nn.Linear:
+    """The Linear an attention or MLP module ends with (o_proj / down_proj; GPT-2: c_proj)."""
+    for name in ("o_proj", "down_proj", "c_proj"):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise SurgeonError(f"no output projection in {type(module).__name__}")
+
+
+def fused_qkv(attn) -> nn.Linear | None:
+    """The one Linear holding q, k and v rows (Phi-3's qkv_proj, GPT-2's c_attn), or None."""
+    return getattr(attn, "qkv_proj", None) or getattr(attn, "c_attn", None)
+
+
+def mlp_rows(mlp) -> tuple[nn.Linear, slice, nn.Linear | None, slice | None, object]:
     """(gate Linear, its rows, up Linear, its rows, activation): Phi-3's gate_up_proj holds
-    the gate rows, then the up rows."""
+    the gate rows, then the up rows; GPT-2's c_fc is a gate with no up (None)."""
     if hasattr(mlp, "gate_up_proj"):
         width = mlp.down_proj.in_features
         return (mlp.gate_up_proj, slice(0, width), mlp.gate_up_proj, slice(width, 2 * width),
                 mlp.activation_fn)
+    if hasattr(mlp, "c_fc"):
+        return mlp.c_fc, slice(None), None, None, mlp.act
     return mlp.gate_proj, slice(None), mlp.up_proj, slice(None), mlp.act_fn
 
 
 def attention_counts(attn) -> tuple[int, int, int]:
     """(query heads, kv heads, head_dim) of an attention module, from its Linears' shapes."""
     d = attn.head_dim
-    heads = attn.o_proj.in_features // d
-    if hasattr(attn, "qkv_proj"):  # Phi-3: q rows of every head, then k, then v
-        return heads, (attn.qkv_proj.out_features - heads * d) // (2 * d), d
+    heads = output_projection(attn).in_features // d
+    qkv = fused_qkv(attn)
+    if qkv is not None:  # Phi-3, GPT-2: q rows of every head, then k, then v
+        return heads, (qkv.out_features - heads * d) // (2 * d), d
     return heads, attn.k_proj.out_features // d, d
 
 
 def removable_channels(mlp) -> torch.Tensor:
     """Boolean (intermediate,) mask of MLP channels that contribute nothing."""
     gate, gate_rows, up, up_rows, act = mlp_rows(mlp)
-    dead = (mlp.down_proj.weight == 0).all(dim=0) | _zero_rows(up, up_rows)
+    dead = (output_projection(mlp).weight == 0).all(dim=0)
+    if up is not None:
+        dead |= _zero_rows(up, up_rows)
     if float(act(torch.zeros(1))) == 0.0:
         dead |= _zero_rows(gate, gate_rows)
     return dead
@@ -71,9 +95,11 @@ def removable_channels(mlp) -> torch.Tensor:
 
 def removable_heads(attn, heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
     """Boolean (heads,) mask of query heads whose output is zero whatever the input."""
-    o_dead = (attn.o_proj.weight == 0).view(-1, heads, head_dim).all(dim=2).all(dim=0)
-    if hasattr(attn, "qkv_proj"):
-        v_rows = _zero_rows(attn.qkv_proj, slice((heads + kv_heads) * head_dim, None))
+    o_dead = (output_projection(attn).weight == 0).view(-1, heads, head_dim).all(dim=2) \
+        .all(dim=0)
+    qkv = fused_qkv(attn)
+    if qkv is not None:
+        v_rows = _zero_rows(qkv, slice((heads + kv_heads) * head_dim, None))
     else:
         v_rows = _zero_rows(attn.v_proj)
     v_dead = v_rows.view(kv_heads, head_dim).all(dim=1)
@@ -109,10 +135,12 @@ def compact_classes(model):
 
 
 def layer_plans(model) -> list[LayerPlan]:
+    from .models import decoder_blocks
+
     compact_classes(model)  # refuses other families
     plans = []
-    for layer in model.model.layers:
-        attn = layer.self_attn
+    for layer in decoder_blocks(model):
+        attn = attention(layer)
         heads, kv, d = attention_counts(attn)
         channels = torch.nonzero(~removable_channels(layer.mlp)).flatten()
         if len(channels) == 0:  # keep one (dead) channel so every Linear has a width
@@ -137,43 +165,58 @@ def _take(layer: nn.Linear, rows=None, cols=None) -> dict:
     return out
 
 
+def _sliced_mlp(mlp, channels: torch.Tensor) -> dict[nn.Linear, dict]:
+    """The MLP's Linears cut to the kept channels: rows of the input layers, columns of the
+    output layer (Phi-3's gate_up_proj: the kept gate rows, then the same up rows)."""
+    gate, _, up, _, _ = mlp_rows(mlp)
+    down = output_projection(mlp)
+    sliced = {down: _take(down, cols=channels)}
+    if gate is up:
+        sliced[gate] = _take(gate, rows=torch.cat([channels, down.in_features + channels]))
+    else:
+        sliced.update({layer: _take(layer, rows=channels) for layer in (gate, up)
+                       if layer is not None})
+    return sliced
+
+
+def _sliced_attention(attn, plan: LayerPlan) -> dict[nn.Linear, dict]:
+    """The attention's Linears cut to the kept heads: q/k/v rows (in a fused Linear the kept
+    q rows, then k rows, then v rows), the output layer's columns."""
+    heads, kv_heads, d = attention_counts(attn)
+    q, kv = _units(plan.heads, d), _units(plan.kv_heads, d)
+    o = output_projection(attn)
+    qkv = fused_qkv(attn)
+    if qkv is not None:
+        rows = torch.cat([q, heads * d + kv, (heads + kv_heads) * d + kv])
+        return {o: _take(o, cols=q), qkv: _take(qkv, rows=rows)}
+    return {o: _take(o, cols=q), attn.q_proj: _take(attn.q_proj, rows=q),
+            attn.k_proj: _take(attn.k_proj, rows=kv), attn.v_proj: _take(attn.v_proj, rows=kv)}
+
+
 def compact_state(model, plans: list[LayerPlan]) -> dict[str, torch.Tensor]:
     """The state dict of the compacted model: decoder Linears sliced, everything else copied."""
+    from .models import decoder_blocks
+
     state = dict(model.state_dict())
-    for i, (layer, plan) in enumerate(zip(model.model.layers, plans)):
-        attn, mlp = layer.self_attn, layer.mlp
-        heads, kv_heads, d = attention_counts(attn)
-        q, kv = _units(plan.heads, d), _units(plan.kv_heads, d)
-        sliced = {"mlp.down_proj": _take(mlp.down_proj, cols=plan.channels),
-                  "self_attn.o_proj": _take(attn.o_proj, cols=q)}
-        if hasattr(mlp, "gate_up_proj"):  # the kept gate rows, then the same up rows
-            width = mlp.down_proj.in_features
-            rows = torch.cat([plan.channels, width + plan.channels])
-            sliced["mlp.gate_up_proj"] = _take(mlp.gate_up_proj, rows=rows)
-        else:
-            sliced["mlp.gate_proj"] = _take(mlp.gate_proj, rows=plan.channels)
-            sliced["mlp.up_proj"] = _take(mlp.up_proj, rows=plan.channels)
-        if hasattr(attn, "qkv_proj"):  # the kept q rows, then k rows, then v rows
-            rows = torch.cat([q, heads * d + kv, (heads + kv_heads) * d + kv])
-            sliced["self_attn.qkv_proj"] = _take(attn.qkv_proj, rows=rows)
-        else:
-            sliced["self_attn.q_proj"] = _take(attn.q_proj, rows=q)
-            sliced["self_attn.k_proj"] = _take(attn.k_proj, rows=kv)
-            sliced["self_attn.v_proj"] = _take(attn.v_proj, rows=kv)
+    names = {m: n for n, m in model.named_modules()}
+    for layer, plan in zip(decoder_blocks(model), plans):
+        sliced = {**_sliced_mlp(layer.mlp, plan.channels),
+                  **_sliced_attention(attention(layer), plan)}
         for module, tensors in sliced.items():
             for kind, tensor in tensors.items():
-                state[f"model.layers.{i}.{module}.{kind}"] = tensor
+                state[f"{names[module]}.{kind}"] = tensor
     return state
 
 
 def compact_config(model, plans: list[LayerPlan]):
     from .compact_models import WIDTH_KEYS
+    from .models import decoder_blocks
 
     config_class, _ = compact_classes(model)
     base = model.config.to_dict()
     for key in ("model_type", "architectures", "auto_map", "transformers_version", *WIDTH_KEYS):
         base.pop(key, None)
-    base["head_dim"] = model.model.layers[0].self_attn.head_dim
+    base["head_dim"] = attention(decoder_blocks(model)[0]).head_dim
     return config_class(
         layer_intermediate_sizes=[len(p.channels) for p in plans],
         layer_attention_heads=[len(p.heads) for p in plans],
@@ -184,12 +227,13 @@ def compact_config(model, plans: list[LayerPlan]):
 
 def compact_model(model):
     """(compacted model of the family's Compact* class, summary of what was and was not
-    removed)."""
-    from .models import decoder_linears
+    removed). Save it with models.save_model, which writes GPT-2's layers in Conv1D layout."""
+    from .models import decoder_linears, linears_for_conv1d
 
     plans = layer_plans(model)
     config = compact_config(model, plans)
     small = compact_classes(model)[1](config).to(next(model.parameters()).dtype)
+    linears_for_conv1d(small)  # GPT-2's Conv1D layers as Linears, as the model they are cut from
     small.load_state_dict(compact_state(model, plans), strict=True)
     small.eval()
 

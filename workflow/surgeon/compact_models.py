@@ -1,13 +1,15 @@
 """Decoder models whose layers have their own MLP width and head counts (compacted models).
 
-Transformers' configs of Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 and Phi-3 have one
-`intermediate_size` and one head count for every layer. A compacted model keeps those as the
-widths of the dense model it came from and adds three lists, one entry per layer:
-`layer_intermediate_sizes`, `layer_attention_heads`, `layer_key_value_heads`. `head_dim` is
-fixed (RoPE rotates whole heads, Qwen3's q/k norms act on one head), so heads are the unit
-removed from attention. Each family keeps its own classes and model_type with `-compact`
-appended (`llama-compact`, `qwen2-compact`, ...): the attention, norms and biases of the
-family are untouched, only the Linears of each layer are resized.
+Transformers' configs of Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3, Phi-3 and GPT-2 have
+one MLP width (`intermediate_size`; GPT-2's `n_inner`, 4 x hidden when None) and one head count
+for every layer. A compacted model keeps those as the widths of the dense model it came from
+and adds three lists, one entry per layer: `layer_intermediate_sizes`, `layer_attention_heads`,
+`layer_key_value_heads`. `head_dim` is fixed (RoPE rotates whole heads, Qwen3's q/k norms act
+on one head, GPT-2's attention scale is 1/sqrt(head_dim)), so heads are the unit removed from
+attention. Each family keeps its own classes and model_type with `-compact` appended
+(`llama-compact`, `qwen2-compact`, `gpt2-compact`, ...): the attention, norms and biases of the
+family are untouched, only the projections of each layer are resized (GPT-2's as Conv1D, so
+its folder is stored in GPT-2's own layout).
 
 Loading: `import surgeon.compact_models` registers the classes with the Auto* factories,
 after which `AutoModelForCausalLM.from_pretrained(folder)` works as for the dense family. The
@@ -22,11 +24,23 @@ import copy
 
 from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM,
-                          Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
-                          MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+                          Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel,
+                          LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
+from transformers.pytorch_utils import Conv1D
 
 WIDTH_KEYS = ("layer_intermediate_sizes", "layer_attention_heads", "layer_key_value_heads")
+
+
+def dense_widths(config) -> tuple[int, int, int]:
+    """(MLP width, query heads, kv heads) every layer of the dense config has: GPT-2 names its
+    width n_inner (None: 4 x hidden) and has one kv head per query head."""
+    width = getattr(config, "intermediate_size", None)
+    if width is None:
+        width = getattr(config, "n_inner", None) or 4 * config.hidden_size
+    heads = config.num_attention_heads
+    return width, heads, getattr(config, "num_key_value_heads", None) or heads
 
 
 class PerLayerWidths:
@@ -39,12 +53,10 @@ class PerLayerWidths:
         n = self.num_hidden_layers
         if getattr(self, "head_dim", None) is None:  # per-layer head counts must not change it
             self.head_dim = self.hidden_size // self.num_attention_heads
-        self.layer_intermediate_sizes = list(layer_intermediate_sizes
-                                             or [self.intermediate_size] * n)
-        self.layer_attention_heads = list(layer_attention_heads
-                                          or [self.num_attention_heads] * n)
-        self.layer_key_value_heads = list(layer_key_value_heads
-                                          or [self.num_key_value_heads] * n)
+        width, heads, kv = dense_widths(self)
+        self.layer_intermediate_sizes = list(layer_intermediate_sizes or [width] * n)
+        self.layer_attention_heads = list(layer_attention_heads or [heads] * n)
+        self.layer_key_value_heads = list(layer_key_value_heads or [kv] * n)
         for key in WIDTH_KEYS:
             if len(getattr(self, key)) != n:
                 raise ValueError(f"{key} needs {n} entries (one per layer)")
@@ -58,8 +70,25 @@ def _resized(linear: nn.Linear, out_features: int, in_features: int) -> nn.Linea
     return nn.Linear(in_features, out_features, bias=linear.bias is not None)
 
 
+def resize_gpt2_layer(layer, config, i: int) -> None:
+    """GPT-2's block i with Conv1D projections of its own widths (Conv1D(out, in)); its
+    attention splits c_attn's output into q, k and v at split_size, so that moves too."""
+    hidden, d = config.hidden_size, config.head_dim
+    width, heads = config.layer_intermediate_sizes[i], config.layer_attention_heads[i]
+    if config.layer_key_value_heads[i] != heads:
+        raise ValueError(f"GPT-2 attention has one kv head per query head, not {heads} query "
+                         f"and {config.layer_key_value_heads[i]} kv heads")
+    layer.mlp.c_fc, layer.mlp.c_proj = Conv1D(width, hidden), Conv1D(hidden, width)
+    attn = layer.attn
+    attn.c_attn, attn.c_proj = Conv1D(3 * heads * d, hidden), Conv1D(hidden, heads * d)
+    attn.num_heads, attn.split_size = heads, heads * d
+
+
 def resize_layer(layer, config, i: int) -> None:
     """Replace the projections of decoder layer i by ones of its own widths."""
+    if hasattr(layer, "attn"):  # GPT-2
+        resize_gpt2_layer(layer, config, i)
+        return
     hidden, d = config.hidden_size, config.head_dim
     mlp, attn = layer.mlp, layer.self_attn
     width, heads, kv = (config.layer_intermediate_sizes[i], config.layer_attention_heads[i],
@@ -92,7 +121,8 @@ class PerLayerModel:
 
     def __init__(self, config):
         super().__init__(config)
-        for i, layer in enumerate(self.model.layers):
+        layers = self.transformer.h if hasattr(self, "transformer") else self.model.layers
+        for i, layer in enumerate(layers):
             resize_layer(layer, config, i)
         self.post_init()
 
@@ -119,6 +149,7 @@ COMPACT = {
         ("gemma2", Gemma2Config, Gemma2ForCausalLM),
         ("gemma3_text", Gemma3TextConfig, Gemma3ForCausalLM),
         ("phi3", Phi3Config, Phi3ForCausalLM),
+        ("gpt2", GPT2Config, GPT2LMHeadModel),
     )
 }
 globals().update({cls.__name__: cls for pair in COMPACT.values() for cls in pair})

@@ -7,7 +7,7 @@ model of the same kind):
   bias entry) and column i of the MLP output layer (Llama down, OPT fc2).
 - Phi-3 holds q, k and v in one qkv_proj and gate and up in one gate_up_proj: a group owns
   several row blocks of that one Linear (its q rows, then its k and v rows; gate row i and up
-  row I + i).
+  row I + i). GPT-2 fuses q, k and v the same way in c_attn (its MLP is c_fc, c_proj: no gate).
 - Attention group j of a block, GQA-aware: one key/value head together with every query head that
   reads it. With g = num_attention_heads / num_key_value_heads query heads per kv head and head
   dimension d, query head h reads kv head h // g (how Hugging Face repeats kv heads), so group j
@@ -53,7 +53,10 @@ LAYOUTS = {
     # Phi-3: q, k and v are row blocks of one qkv_proj, gate and up the two halves of gate_up_proj
     "phi3": {"q": "self_attn.qkv_proj", "k": "self_attn.qkv_proj", "v": "self_attn.qkv_proj",
              "o": "self_attn.o_proj", "mlp_in": ("mlp.gate_up_proj",), "mlp_out": "mlp.down_proj",
-             "fused": True},
+             "fused_qkv": True, "fused_gate_up": True},
+    # GPT-2 (Conv1D layers as Linears, models.linears_for_conv1d): q, k, v in one c_attn
+    "gpt2": {"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn", "o": "attn.c_proj",
+             "mlp_in": ("mlp.c_fc",), "mlp_out": "mlp.c_proj", "fused_qkv": True},
 }
 
 
@@ -87,8 +90,8 @@ def _layout(model: nn.Module, layers: dict[str, nn.Linear], prefix: str) -> dict
         if local == names:
             return layout
     raise SurgeonError(
-        f"coupled heads and channels support Llama-style (q/k/v/o/gate/up/down), OPT and "
-        f"Phi-3 (qkv/o/gate_up/down) decoder blocks; {type(model).__name__} has "
+        f"coupled heads and channels support Llama-style (q/k/v/o/gate/up/down), OPT, "
+        f"Phi-3 (qkv/o/gate_up/down) and GPT-2 decoder blocks; {type(model).__name__} has "
         f"{sorted(local) or 'no Linear layers'}"
     )
 
@@ -120,13 +123,13 @@ def coupled_groups(model: nn.Module) -> list[Group]:
     for b in range(len(blocks)):
         prefix = f"{block_prefix}.{b}."
         lay = _layout(model, layers, prefix)
-        fused = lay.get("fused", False)
+        fused, fused_gate_up = lay.get("fused_qkv", False), lay.get("fused_gate_up", False)
         name = {role: prefix + lay[role] for role in ("q", "k", "v", "o", "mlp_out")}
         mlp_in = [prefix + local for local in lay["mlp_in"]]
         channels = layers[name["mlp_out"]].in_features
         for i in range(channels):
             span = range(i, i + 1)
-            rows = {n: (span, range(channels + i, channels + i + 1)) if fused else span
+            rows = {n: (span, range(channels + i, channels + i + 1)) if fused_gate_up else span
                     for n in mlp_in}  # fused gate_up: gate row i and up row channels + i
             groups.append(Group(b, MLP, i, rows, {name["mlp_out"]: span}))
         n_q, n_kv, d = _heads(model, layers[name["q"]], layers[name["k"]], layers[name["o"]],
