@@ -307,3 +307,26 @@ def test_phi3_compaction_with_its_own_head_counts_per_layer(tmp_path):
         reference = model(x).logits
         assert torch.allclose(small(x).logits, reference, atol=1e-5)
         assert torch.allclose(loaded(x).logits, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_zeroshot_scores_every_family(family, tokenizer):
+    """lm-eval through the zeroshot stage's wrapper: per item the log-likelihood of each choice
+    equals a direct computation on the family's model, and acc is its argmax."""
+    import json
+
+    from helpers import REPO, direct_loglikelihoods
+    from surgeon.zeroshot import evaluate
+
+    tasks = REPO / "resources" / "tasks"
+    rows = [json.loads(line) for line in
+            (tasks / "surgeon_python" / "surgeon_python.jsonl").read_text().splitlines()]
+    model = family_model(family)
+    summary, raw = evaluate(model, tokenizer, ["surgeon_python"], [str(tasks)], limit=4,
+                            batch_size=4, log_samples=True)
+    assert summary["tasks"]["surgeon_python"]["n"] == 4
+    for s in raw["samples"]["surgeon_python"]:
+        row = rows[s["doc_id"]]
+        lls = direct_loglikelihoods(model, tokenizer, row["question"], row["choices"])
+        assert [float(r[0]) for r in s["filtered_resps"]] == pytest.approx(lls, abs=1e-3)
+        assert s["acc"] == float(max(range(len(lls)), key=lls.__getitem__) == row["label"])
