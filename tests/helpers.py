@@ -72,8 +72,9 @@ def family_model(family: str, seed: int = 0, attention: str | None = None):
     """A tiny random-weight model of a decoder family: llama, opt, mistral, qwen2 (q/k/v
     biases), qwen3 (q/k norms, head_dim 8), gemma2 (head_dim 16, tied, soft-capping), gemma3
     (head_dim 16, tied, q/k norms, sliding and global layers), phi3 (fused projections) or
-    gpt2 (Conv1D layers, fused c_attn, biases everywhere, learned positions, tied; its MLP
-    4 x 32 wide, the width transformers' GGUF reader assumes; biases and LayerNorms random, as
+    gpt2 (Conv1D layers, fused c_attn, biases everywhere, learned positions, tied; 1024
+    positions and an MLP 4 x 32 wide, what transformers' GGUF reader builds a GPT-2 with, as it
+    reads neither context_length nor feed_forward_length; biases and LayerNorms random, as
     in a trained GPT-2: transformers starts them at 0 and 1, zero biases would count as removed
     weights and hide a bias that an export or a slice drops), in eval mode and as load_model
     gives it (Conv1D as Linears). `attention` names transformers' attention implementation
@@ -86,7 +87,7 @@ def family_model(family: str, seed: int = 0, attention: str | None = None):
         return tiny_model(family, seed)
     configs = {
         "gpt2": lambda: tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
-                                      n_positions=128, bos_token_id=0, eos_token_id=0),
+                                      n_positions=1024, bos_token_id=0, eos_token_id=0),
         "mistral": lambda: tf.MistralConfig(**SMALL, tie_word_embeddings=False),
         "qwen2": lambda: tf.Qwen2Config(**SMALL, tie_word_embeddings=False),
         "qwen3": lambda: tf.Qwen3Config(**SMALL, head_dim=8, tie_word_embeddings=False),

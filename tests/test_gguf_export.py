@@ -317,6 +317,69 @@ def test_other_families_export_as_llama_cpp_reads_them(family, tmp_path, tokeniz
     assert_same_logits(path, model, windows)
 
 
+def test_gpt2_exports_as_llama_cpp_reads_it(tmp_path, tokenizer):
+    """GPT-2 on Q8_0 as llama.cpp's gpt2 architecture: every tensor has the name gguf's own
+    GPT-2 map gives it (fused attn_qkv, position_embd, biases, LayerNorm biases), gguf's
+    reader returns the exported weights exactly (the Linears in llama.cpp's (out, in) layout,
+    the position embedding in F32), transformers' GGUF reader gives the model's logits, and
+    llama.cpp, where installed, too."""
+    import gguf
+    from gguf import GGUFReader, dequantize
+    from transformers import AutoModelForCausalLM
+
+    from helpers import family_model
+
+    model = family_model("gpt2")
+    path = q8_0_export(model, tokenizer, tmp_path / "m.gguf")
+    reader = GGUFReader(str(path))
+
+    def field(key):
+        f = reader.fields[key]
+        return f.parts[f.data[0]]
+
+    assert bytes(field("general.architecture")).decode() == "gpt2"
+    assert [int(field(f"gpt2.{k}")[0]) for k in ("context_length", "embedding_length",
+                                                 "feed_forward_length", "attention.head_count",
+                                                 "block_count")] == [1024, 32, 128, 4, 2]
+    tensors = {t.name: t for t in reader.tensors}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, 2)
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
+    assert len(tensors) == len(state) == 28
+    for key, value in state.items():
+        assert gguf_name(key) == names.get_name(key, try_suffixes=(".weight", ".bias")), key
+        t = tensors[gguf_name(key)]
+        got = dequantize(t.data, t.tensor_type).reshape(value.shape)
+        np.testing.assert_array_equal(got, value.numpy(), err_msg=key)
+    assert tensors["blk.0.attn_qkv.weight"].tensor_type.name == "Q8_0"
+    assert tensors["position_embd.weight"].tensor_type.name == "F32"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf",
+                                                  dtype=torch.float32)
+    x = random_windows(2, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+    try:
+        from surgeon import llamacpp
+
+        llamacpp.llama_cpp()
+    except SurgeonError:
+        return  # llama.cpp's own reading: tested where llama-cpp-python is installed
+    assert_same_logits(path, peaked_attention(model), random_windows(2, 32, seed=5))
+
+
+def test_gpt2_settings_llama_cpp_does_not_compute_are_refused(tmp_path, tokenizer):
+    """An exact GELU, and Q4_K_M (llama-quantize gives GPT-2's attn_qkv Q5_K, a block not
+    written here), are refused in one line."""
+    from helpers import family_model
+    from surgeon.ggml_plan import file_type_grids
+
+    model = family_model("gpt2")
+    with pytest.raises(SurgeonError, match="Q4_K_M for GPT-2"):
+        file_type_grids(model, "Q4_K_M")
+    model.config.activation_function = "gelu"
+    with pytest.raises(SurgeonError, match="activation_function=gelu: llama.cpp's gpt2"):
+        q8_0_export(model, tokenizer, tmp_path / "m.gguf")
+
+
 def q8_0_export(model, tokenizer, path):
     """`model` rounded to llama.cpp's Q8_0 file type (as the quantize stage does) and exported
     to `path`."""

@@ -20,7 +20,8 @@ from .errors import SurgeonError
 # transformers model_type -> llama.cpp architecture of the .gguf we write (Mistral is written
 # as llama, as llama.cpp's converter does); only llama's rotary layout differs from
 # transformers'. Here, torch-free, so the workflow can plan exports from it.
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+                 "gpt2": "gpt2"}
 
 # llama.cpp's LLAMA_FTYPE_MOSTLY_* numbers and the default block type of each file type
 FILE_TYPES = {"Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "Q4_K_M": 15, "Q6_K": 18}
@@ -56,15 +57,19 @@ def tensor_types(model, file_type: str) -> dict[str, str]:
     output head of `model` under llama.cpp's `file_type`."""
     from .models import decoder_linears
     from .quantize import embedding_tables
+    from .spectra import block_index
 
     if file_type not in FILE_TYPES:
         raise SurgeonError(f"unknown GGUF file type '{file_type}' "
                            f"(one of {', '.join(FILE_TYPES)})")
+    if file_type == "Q4_K_M" and model.config.model_type == "gpt2":
+        raise SurgeonError("Q4_K_M for GPT-2: llama-quantize gives its fused attn_qkv Q5_K, a "
+                           "block type not written here; use Q4_0, Q5_0, Q8_0 or Q6_K")
     default = DEFAULT_TYPE[file_type]
     n_layers = model.config.num_hidden_layers
     types = {}
     for name, layer in decoder_linears(model).items():
-        kind, index = name.rsplit(".", 1)[-1], int(name.split(".layers.")[1].split(".")[0])
+        kind, index = name.rsplit(".", 1)[-1], block_index(name)
         chosen = default
         if file_type == "Q4_K_M" and kind in ("v_proj", "down_proj") \
                 and use_more_bits(index, n_layers):

@@ -1,5 +1,5 @@
-"""GGUF export of a quantized model for llama.cpp (Llama, Mistral, Qwen2, Qwen3): llama.cpp block
-types and metadata.
+"""GGUF export of a quantized model for llama.cpp (Llama, Mistral, Qwen2, Qwen3, GPT-2): llama.cpp
+block types and metadata.
 
 The quantize stage's grids are llama.cpp's blocks (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K; the mixture of a
 file type such as Q4_K_M chosen per tensor as llama-quantize does, ggml_plan). Its codes and
@@ -8,9 +8,12 @@ dequantized weights: after GPTQ's error feedback a group's largest weight need n
 extreme code any more, and re-quantizing would pick another scale. So the file holds exactly
 the model that was evaluated. The token embedding and an untied output head get the block
 llama.cpp gives them (SmolLM2's 576-wide rows: Q8_0) with the codes the quantize stage saved,
-instead of the F16 of llama.cpp's converter. Norms and biases are F32. For the llama
-architecture q_proj and k_proj rows are permuted into llama.cpp's rotary layout (the inverse of
-what readers such as transformers undo); Qwen's rotary layout is transformers' own.
+instead of the F16 of llama.cpp's converter. Norms, biases and other tensors without codes
+(GPT-2's position embedding) are F32, except in an F16 file. For the llama architecture q_proj
+and k_proj rows are permuted into llama.cpp's rotary layout (the inverse of what readers such
+as transformers undo); Qwen's rotary layout is transformers' own. GPT-2's layers are written
+as the Linears they are in memory (models.linears_for_conv1d), (out, in): llama.cpp's layout,
+which its converter gets by transposing the Conv1D weights of a GPT-2 checkpoint.
 """
 
 from __future__ import annotations
@@ -27,13 +30,24 @@ from .errors import SurgeonError
 
 from .ggml_plan import ARCHITECTURES
 
+# modules inside a decoder block (Llama-style, then GPT-2) -> llama.cpp's tensor names
 LAYER_NAMES = {
     "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
+    "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
+    "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down",
 }
+# tensors outside the blocks
+MODEL_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight", "transformer.wte.weight": "token_embd.weight",
+    "transformer.wpe.weight": "position_embd.weight",
+    "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias",
+}
+BLOCK_LISTS = (["model", "layers"], ["transformer", "h"])
 
 
 def rope_permute(w: torch.Tensor, heads: int) -> torch.Tensor:
@@ -67,14 +81,10 @@ def rope_frequency_factors(model, arch: str) -> torch.Tensor | None:
 
 
 def gguf_name(hf_name: str) -> str:
-    if hf_name == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if hf_name == "model.norm.weight":
-        return "output_norm.weight"
-    if hf_name == "lm_head.weight":
-        return "output.weight"
-    parts = hf_name.split(".")  # model.layers.<i>.<module>.<sub>.weight
-    if parts[:2] != ["model", "layers"]:
+    if hf_name in MODEL_NAMES:
+        return MODEL_NAMES[hf_name]
+    parts = hf_name.split(".")  # model.layers.<i>.<module>.<sub>.weight (GPT-2: transformer.h)
+    if parts[:2] not in BLOCK_LISTS:
         raise SurgeonError(f"no GGUF name for tensor {hf_name}")
     module = ".".join(parts[3:-1])
     if module not in LAYER_NAMES:
@@ -184,6 +194,37 @@ def _tokenizer_metadata(writer, tokenizer) -> None:
 FLOAT_FILE_TYPES = {"F32": 0, "F16": 1}  # LLAMA_FTYPE_ALL_F32, LLAMA_FTYPE_MOSTLY_F16
 
 
+def _rotary_metadata(writer, cfg) -> None:
+    """The llama/qwen2/qwen3 hyperparameters: MLP width, kv heads, RoPE, RMSNorm."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", None)
+                                    or cfg.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+
+
+# GPT-2 settings llama.cpp's gpt2 graph computes (tanh-approximated GELU, scores scaled by
+# 1/sqrt(head_dim) and nothing else); a config with others would give other logits there
+GPT2_AS_LLAMA_CPP = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"),
+                     "scale_attn_weights": (True,), "scale_attn_by_inverse_layer_idx": (False,)}
+
+
+def _gpt2_metadata(writer, cfg) -> None:
+    """GPT-2's hyperparameters as llama.cpp's gpt2 reads them: MLP width (n_inner, 4 x hidden
+    when None), LayerNorm epsilon; one kv head per query head, no RoPE. Settings its graph
+    does not compute are refused."""
+    for key, supported in GPT2_AS_LLAMA_CPP.items():
+        if getattr(cfg, key) not in supported:
+            raise SurgeonError(f"GGUF export of GPT-2 with {key}={getattr(cfg, key)}: "
+                               f"llama.cpp's gpt2 computes {key}={supported[0]} only")
+    writer.add_feed_forward_length(cfg.n_inner or 4 * cfg.hidden_size)
+    writer.add_layer_norm_eps(cfg.layer_norm_epsilon)
+
+
 def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model",
                 tables: dict | None = None, file_type: str | None = None) -> dict:
     """Write `model` to `out`, its decoder Linears from `codes` and its embedding tables from
@@ -208,25 +249,20 @@ def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model",
     if file_type not in FILE_TYPES and not unquantized:
         raise SurgeonError(f"GGUF export needs llama.cpp block types with one file type "
                            f"({', '.join(FILE_TYPES)}), got {file_type or sorted(map(str, types))}")
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     writer = GGUFWriter(str(out), arch)
     writer.add_name(name)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_block_count(cfg.num_hidden_layers)
-    writer.add_feed_forward_length(cfg.intermediate_size)
     writer.add_head_count(cfg.num_attention_heads)
-    writer.add_head_count_kv(cfg.num_key_value_heads)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", None)
-                                    or cfg.rope_parameters["rope_theta"]))
-    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    if arch == "gpt2":
+        _gpt2_metadata(writer, cfg)
+    else:
+        _rotary_metadata(writer, cfg)
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_file_type({**FILE_TYPES, **FLOAT_FILE_TYPES}[file_type])
     _tokenizer_metadata(writer, tokenizer)
-    rope_factors = rope_frequency_factors(model, arch)
+    rope_factors = None if arch == "gpt2" else rope_frequency_factors(model, arch)
     if rope_factors is not None:
         writer.add_tensor("rope_freqs.weight", rope_factors.numpy())
 
@@ -253,7 +289,7 @@ def export_gguf(model, tokenizer, codes: dict, out: Path, name: str = "model",
                               raw_dtype=getattr(GGMLQuantizationType, kind))
         else:
             array = (rope_permute(tensor, rows) if rows else tensor).detach().float().cpu().numpy()
-            kind = "F16" if array.ndim == 2 and file_type != "F32" else "F32"
+            kind = "F16" if array.ndim == 2 and file_type == "F16" else "F32"
             writer.add_tensor(gguf_name(key), array.astype(np.float16 if kind == "F16"
                                                            else np.float32))
         counts[kind] = counts.get(kind, 0) + tensor.numel()
