@@ -103,6 +103,9 @@ def test_chosen_layers_first_middle_last_attention_and_mlp():
     opt = ["model.decoder.layers.0.self_attn.v_proj", "model.decoder.layers.0.fc2",
            "model.decoder.layers.0.fc1"]
     assert [n for _, _, n in chosen_layers(opt)] == [opt[0], opt[1]]
+    gpt2 = [f"transformer.h.0.{m}" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                             "mlp.c_proj")]
+    assert [n for _, _, n in chosen_layers(gpt2)] == [gpt2[0], gpt2[3]]
 
 
 def spd(n: int, eig: torch.Tensor, seed: int) -> torch.Tensor:

@@ -13,8 +13,9 @@ import torch
 from .curvature_store import open_curvature, read_factors
 
 # one attention Linear and one MLP Linear per chosen block: q_proj reads the residual stream,
-# down_proj the MLP's inner activations (the largest A factor of a Llama block)
-PREFERRED = {"attention": ("q_proj",), "MLP": ("down_proj", "fc2")}
+# down_proj the MLP's inner activations (the largest A factor of a Llama block; OPT's fc2,
+# GPT-2's mlp.c_proj; GPT-2's fused c_attn comes first of its attention by name anyway)
+PREFERRED = {"attention": ("q_proj",), "MLP": ("down_proj", "fc2", "mlp.c_proj")}
 
 
 def block_index(name: str) -> int | None:
