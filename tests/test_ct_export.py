@@ -162,3 +162,16 @@ def test_sparsity_2of4_refuses_a_dense_model(tmp_path, tokenizer):
     model, quantized = quantized_tiny(Grid(4, 32, True))
     with pytest.raises(SurgeonError, match="not 2:4"):
         export_compressed_tensors(model, tokenizer, quantized, tmp_path, sparsity_2of4=True)
+
+
+def test_gpt2_is_refused(tmp_path, tokenizer):
+    """GPT-2's checkpoint layers are Conv1D: transformers' compressed-tensors loader would leave
+    them randomly initialised, so no folder is written."""
+    from helpers import family_model
+
+    model = family_model("gpt2")
+    removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}
+    quantized = quantize_model(model, "rtn", Grid(4, 32, True), removed, progress=False)
+    with pytest.raises(SurgeonError, match="compressed-tensors export of gpt2: .* Conv1D"):
+        export_compressed_tensors(model, tokenizer, quantized, tmp_path / "ct")
+    assert not (tmp_path / "ct").exists()

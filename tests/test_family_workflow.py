@@ -31,9 +31,12 @@ CONFIG = {
 
 
 def family_run(tmp_path, tokenizer, family, *args):
+    """Snakemake on a saved tiny model of `family` (save_model: GPT-2's layers in Conv1D layout,
+    as a GPT-2 checkpoint holds them) with CONFIG and `args`."""
+    from surgeon.models import save_model
+
     source = tmp_path / f"tiny-{family}"
-    family_model(family).save_pretrained(source)
-    tokenizer.save_pretrained(source)
+    save_model(family_model(family), tokenizer, source)
     config = {**CONFIG, "run_name": family,
               "model": {"name": f"tiny-{family}", "source": str(source)}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -77,3 +80,13 @@ def test_no_gguf_planned_for_a_family_llama_cpp_does_not_read_from_us(tmp_path, 
     assert jobs["quantize"] == 1 and jobs["compact"] == 1 and jobs["prune_shot"] == 4
     assert "export_gguf" not in jobs and "model.gguf" not in r.stdout
     assert jobs["export_compressed_tensors"] == 1
+
+
+def test_gpt2_plans_a_gguf_and_no_compressed_tensors(tmp_path, tokenizer):
+    """GPT-2 runs every stage (tests/test_families.py) and exports a .gguf; the plan leaves out
+    only its compressed-tensors folder, which the export would refuse (Conv1D layers)."""
+    r = family_run(tmp_path, tokenizer, "gpt2", "-n", "-p")
+    assert r.returncode == 0, r.stderr[-4000:]
+    jobs = job_counts(r.stdout)
+    assert jobs["quantize"] == 1 and jobs["compact"] == 1 and jobs["prune_shot"] == 4
+    assert jobs["export_gguf"] == 1 and "export_compressed_tensors" not in jobs

@@ -10,6 +10,7 @@ from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
 from surgeon.config_errors import cause, explain, normalise
+from surgeon.families import CONV1D_MODEL_TYPES
 from surgeon.ggml_plan import ARCHITECTURES as GGUF_ARCHITECTURES
 from surgeon.methods import METHODS, damping_g_default
 
@@ -253,7 +254,7 @@ SOURCE_MODEL_TYPE = source_model_type(config["model"]["source"])
 def quantization_exports(name, quant, model=MODEL):
     """A .gguf for a llama.cpp file type (gguf_type, or the Q4_0/Q5_0/Q8_0 grid) of a family
     llama.cpp reads from us, a compressed-tensors folder for one 4- or 8-bit grid for all
-    layers."""
+    layers (not of GPT-2: transformers would not load its Conv1D layers from it)."""
     spec = quantization_grid(quant)
     folder = f"results/{model}/{name}/quantized/{quant}"
     gguf_type = spec.get("gguf_type")
@@ -262,7 +263,8 @@ def quantization_exports(name, quant, model=MODEL):
     files = []
     if (gguf_type or on_llama_cpp_grid) and gguf_family:
         files.append(f"{folder}/model.gguf")
-    if gguf_type in ("Q4_0", "Q8_0") or (not gguf_type and spec["bits"] in (4, 8)):
+    ct_grid = gguf_type in ("Q4_0", "Q8_0") or (not gguf_type and spec["bits"] in (4, 8))
+    if ct_grid and SOURCE_MODEL_TYPE not in CONV1D_MODEL_TYPES:
         files.append(f"{folder}/compressed-tensors")
     return files
 

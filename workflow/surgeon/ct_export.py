@@ -118,6 +118,12 @@ def export_compressed_tensors(model, tokenizer, quantized: dict[str, Quantized],
     """Write `model` with its quantized decoder Linears in compressed-tensors format to out_dir."""
     from compressed_tensors.compressors import ModelCompressor, PackedQuantizationCompressor
 
+    from .families import CONV1D_MODEL_TYPES
+
+    if model.config.model_type in CONV1D_MODEL_TYPES:
+        raise SurgeonError(f"compressed-tensors export of {model.config.model_type}: its "
+                           "checkpoint layers are Conv1D, which transformers' compressed-tensors "
+                           "loader does not quantize (it would leave them randomly initialised)")
     grids = {q.grid for q in quantized.values()}
     if len(grids) != 1:
         raise SurgeonError(f"one grid per export, got {sorted(map(str, grids))}")
