@@ -105,7 +105,33 @@ def plan_issue16() -> list[dict]:
     return first + [{**unit(0.2, 1, 10.0), "damping_a": 0.1}, {**unit(0.2, 1, 10.0), "windows": 32}]
 
 
-PLANS = {"issue15": plan_issue15, "issue16": plan_issue16}
+def plan_issue15_rest() -> list[dict]:
+    """The cells of the multi-shot grid the H200 sessions left (docs/comparison.md), one axis
+    at a time from the measured 4-shot default: damping_g 0.01 (1, 4 shots) and 0.1 (2, 8),
+    the low-rank correction after every shot, 32 windows at 4 shots, and for the paper's
+    rows-and-columns units 16 shots, undamped cost numerators and K-OBD in 4 shots."""
+    base = {"method": "llm-surgeon", "windows": 16, "lora_steps": 0, "damping_a": 0.01}
+
+    def elem(structure, shots, dg, **kw):
+        extra = {"nm_schedule": "elements"} if structure == "2:4" else {}
+        return {**base, "structure": structure, "target": 0.5, "shots": shots,
+                "damping_g": dg, **extra, **kw}
+
+    def rows_columns(shots, method="llm-surgeon", dg=0.1, **kw):
+        return {**base, "method": method, "structure": "structured", "units": "rows-columns",
+                "target": 0.2, "shots": shots, "damping_g": dg, **kw}
+
+    both = ("unstructured", "2:4")
+    runs = [elem(s, t, 0.01) for t in (1, 4) for s in both]
+    runs += [elem(s, 4, 1.0, lora_steps=16) for s in both]
+    runs += [elem(s, t, 0.1) for t in (2, 8) for s in both]
+    runs += [elem(s, 4, 1.0, windows=32) for s in both]
+    runs += [rows_columns(4, "k-obd", 0.01), rows_columns(4, undamped_numerators=True),
+             rows_columns(16)]
+    return runs
+
+
+PLANS = {"issue15": plan_issue15, "issue16": plan_issue16, "issue15-rest": plan_issue15_rest}
 
 
 class RankedOutputLayer(unit_greedy.OutputLayer):
@@ -187,6 +213,8 @@ def label(run: dict) -> str:
         parts.append(f"low-rank correction {run['lora_steps']} steps after every shot")
     if run.get("units") == "coupled" and run["method"] == "llm-surgeon":
         parts.append(f"coupled units, {run.get('coupled_cost', 'output')} costs")
+    elif run.get("units") and run["structure"] == "structured":
+        parts.append(f"{run['units']} units")
     if run.get("undamped_numerators"):
         parts.append("undamped cost numerators")
     return ", ".join(parts)
