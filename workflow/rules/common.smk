@@ -263,7 +263,9 @@ def quantization_exports(name, quant, model=MODEL):
     files = []
     if (gguf_type or on_llama_cpp_grid) and gguf_family:
         files.append(f"{folder}/model.gguf")
-    ct_grid = gguf_type in ("Q4_0", "Q8_0") or (not gguf_type and spec["bits"] in (4, 8))
+    ct_grid = gguf_type in ("Q4_0", "Q8_0") or (
+        not gguf_type and spec["bits"] in (4, 8)
+    )
     if ct_grid and SOURCE_MODEL_TYPE not in CONV1D_MODEL_TYPES:
         files.append(f"{folder}/compressed-tensors")
     return files
