@@ -102,7 +102,12 @@ def plan_issue16() -> list[dict]:
               unit(0.2, 8, 10.0), unit(0.3, 8, 10.0)]
     first += peers + [unit(0.2, 1, 10.0, "summed"), unit(0.3, 1, 10.0, "summed")]
     first += [unit(0.2, 1, 10.0, "output-ranked"), unit(0.3, 1, 10.0, "output-ranked")]
-    return first + [{**unit(0.2, 1, 10.0), "damping_a": 0.1}, {**unit(0.2, 1, 10.0), "windows": 32}]
+    first += [{**unit(0.2, 1, 10.0), "damping_a": 0.1}, {**unit(0.2, 1, 10.0), "windows": 32}]
+    # damping of A: the update fits the calibration text's input covariance less
+    first += [{**unit(0.3, 1, 10.0), "damping_a": 0.1}, {**unit(0.2, 1, 10.0), "damping_a": 0.3},
+              {**unit(0.2, 1, 10.0), "damping_a": 1.0}, {**unit(0.3, 4, 10.0), "damping_a": 0.1}]
+    first += [{**p, "damping_a": 0.1} for p in peers if p["method"] == "slimgpt"]
+    return first + [{**unit(0.2, 4, 10.0), "damping_a": 0.1}, {**unit(0.2, 1, 1.0), "damping_a": 0.1}]
 
 
 def plan_issue15_rest() -> list[dict]:
