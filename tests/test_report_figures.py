@@ -220,6 +220,9 @@ def test_benchmark_na_values_and_job_names(tmp_path):
     row = benchmarks.gather([path], tmp_path / "b")[0]
     assert (row["rule"], row["job"], row["wall_s"], row["max_rss_mb"]) == \
         ("estimate_curvature", "m/dense", 0.5, "")
+    # Snakemake's sampler missed a job this short: 0.00 MB is "not measured", not a peak
+    path.write_text("s\th:m:s\tmax_rss\tcpu_time\n0.2\t0:00:00\t0.00\t0.1\n")
+    assert benchmarks.gather([path], tmp_path / "b")[0]["max_rss_mb"] == ""
     (tmp_path / "bad.tsv").write_text("a\tb\n1\t2\n")
     with pytest.raises(Exception, match="not a Snakemake benchmark"):
         benchmarks.read_benchmark(tmp_path / "bad.tsv")

@@ -34,7 +34,8 @@ def read_benchmark(path: str | Path) -> dict:
         values = [v for v in (_number(r.get(key)) for r in rows) if v is not None]
         return round(sum(values) / len(values), 3) if values else ""
 
-    rss = [v for v in (_number(r.get("max_rss")) for r in rows) if v is not None]
+    # a job shorter than Snakemake's first memory sample gets max_rss 0.00: not measured either
+    rss = [v for v in (_number(r.get("max_rss")) for r in rows) if v]
     return {"wall_s": mean("s"), "cpu_s": mean("cpu_time"),
             "max_rss_mb": round(max(rss), 2) if rss else "",
             "rule_name": rows[0].get("rule_name", ""), "wildcards": rows[0].get("wildcards", "")}
