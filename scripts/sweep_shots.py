@@ -283,10 +283,10 @@ def main():
             rec = json.loads(line)
             done.add(rec["key"])
     runs = PLANS[args.plan]()
+    if args.only:  # indices of the whole plan, before the 32-window runs are dropped
+        runs = [runs[int(i)] for i in args.only.split(",")]
     if not args.calibration32:
         runs = [r for r in runs if r["windows"] == 16]
-    if args.only:
-        runs = [runs[int(i)] for i in args.only.split(",")]
     k, n = (int(x) for x in args.worker.split("/"))
     runs = runs[k::n]
     ppl_dense = None
