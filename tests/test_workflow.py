@@ -267,6 +267,28 @@ def test_paper_schedule_keeps_only_the_size_curve(tmp_path):
     assert "sparsegpt" not in r.stdout
 
 
+def test_structured_preset_shares_the_default_runs_artifacts(tmp_path):
+    """config/presets/structured.yaml stands alone, yet its 20% experiments run exactly the
+    default config's commands (data, curvature, prune, LoRA, compaction), so it reuses their
+    artifacts; its 30% ones are the structured-30 preset's, and it scores nothing zero-shot."""
+    def commands(*configs):
+        r = snakemake(tmp_path, "--configfile", *map(str, configs), "-n", "--nolock", "-p")
+        assert r.returncode == 0, r.stderr[-3000:]
+        shell = (line.removeprefix("Shell command: ") for line in r.stdout.splitlines())
+        return {line for line in shell if line.startswith("surgeon ")}, r.stdout
+
+    preset, out = commands(REPO / "config/presets/structured.yaml")
+    default, _ = commands(REPO / "config/config.yaml", REPO / "config/presets/structured-30.yaml")
+    shared = {c for c in preset if "results/report" not in c and " zeroshot " not in c}
+    assert shared and shared <= default
+    for name in ("llm-surgeon", "llm-pruner", "slimgpt"):
+        for size in (20, 30):
+            assert f"{name}-structured-{size}/recovered/model" in out
+            assert f"{name}-structured-{size}/compact/model" in out
+    assert "results/report/structured/summary.md" in out
+    assert job_counts(out).get("zeroshot", 0) == 0 and "unstructured" not in out
+
+
 def test_quantization_preset_plans_llama_cpp_file_types(tmp_path):
     """A `gguf_type` entry quantizes with --gguf-type and exports a .gguf only (K-quant scales
     have no compressed-tensors layout); the Q4_0 entry keeps both exports."""
