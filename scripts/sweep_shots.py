@@ -133,7 +133,8 @@ def plan_issue15_rest() -> list[dict]:
     runs += [elem(s, 4, 1.0, windows=32) for s in both]
     runs += [rows_columns(4, "k-obd", 0.01), rows_columns(4, undamped_numerators=True),
              rows_columns(16)]
-    return runs
+    # one shot, undamped and damped numerators, on this code
+    return runs + [rows_columns(1, undamped_numerators=True), rows_columns(1)]
 
 
 PLANS = {"issue15": plan_issue15, "issue16": plan_issue16, "issue15-rest": plan_issue15_rest}
