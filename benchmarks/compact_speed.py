@@ -21,7 +21,7 @@ import time
 import torch
 
 from surgeon.data import load_windows
-from surgeon.evaluate import tokens_per_second
+from surgeon.evaluate import parameter_counts, tokens_per_second
 from surgeon.models import load_model
 
 
@@ -54,7 +54,7 @@ def main():
         if not sep:
             p.error(f"{spec!r}: give label=model folder")
         labels.append(label)
-        models.append(load_model(folder, "cpu").eval())
+        models.append(load_model(folder, "cpu"))
     window = load_windows(args.evaluation)[0][0, : args.window]
     prompt = window[: args.prompt_tokens]
 
@@ -73,7 +73,7 @@ def main():
     g0, f0 = statistics.median(generate[base]), statistics.median(prefill[base])
     for label, model in zip(labels, models):
         g, f = statistics.median(generate[label]), statistics.median(prefill[label])
-        params = sum(t.numel() for t in model.parameters())
+        params = parameter_counts(model)["params"]
         print(f"| {label} | {params:,} | {g:.2f} | {g / g0:.3f} | {f:.0f} | {f / f0:.3f} |")
     print(f"(median of {args.rounds} rounds; {torch.get_num_threads()} threads; generation: "
           f"{args.new_tokens} tokens after {args.prompt_tokens}; prefill: {len(window)} tokens)")
