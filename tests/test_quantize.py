@@ -86,3 +86,85 @@ def test_bad_grids_are_refused():
         rtn_quantize(W, Grid(4, 32, True))
     with pytest.raises(SurgeonError, match="Q4_0, Q5_0 and Q8_0"):
         rtn_quantize(W, Grid(3, 16, True))
+
+
+def weighted_error(W, d, h, levels):
+    """sum_j h_j (w_j - d q_j)^2 per row, q the nearest code of d."""
+    q = torch.clamp(torch.round(W / d[:, None]), -levels, levels - 1)
+    return (h * (W - q * d[:, None]) ** 2).sum(dim=1)
+
+
+@pytest.mark.parametrize("levels", [8, 16])
+def test_searched_scale_is_the_best_candidate(levels):
+    """Brute force over llama.cpp's candidates: codes of m / -(levels + k/10), then their
+    weighted least-squares scale; the search returns the candidate of least error, which
+    is never worse than the largest weight's scale."""
+    from surgeon.quantize import SEARCH_STEPS, searched_scale, signed_max_scale
+
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(64, 32, generator=g, dtype=torch.float64)
+    h = torch.rand(64, 32, generator=g, dtype=torch.float64)
+    d = searched_scale(W, h, levels)
+    m = -signed_max_scale(W, levels) * levels  # signed largest weight
+    for r in range(len(W)):
+        errors = []
+        for k in SEARCH_STEPS:
+            q = torch.clamp(torch.round(W[r] * -(levels + k / 10) / m[r]), -levels, levels - 1)
+            s = (h[r] * W[r] * q).sum() / (h[r] * q * q).sum()
+            errors.append(((h[r] * (W[r] - s * q) ** 2).sum(), s))
+        assert torch.isclose(d[r], min(errors)[1])
+    absmax = weighted_error(W, signed_max_scale(W, levels), h, levels)
+    assert (weighted_error(W, d, h, levels) <= absmax + 1e-12).all()
+    assert weighted_error(W, d, h, levels).sum() < 0.95 * absmax.sum()
+
+
+def test_searched_scale_follows_the_importance():
+    """One important column: its weight is rounded (nearly) exactly, whatever the others."""
+    from surgeon.quantize import searched_scale
+
+    W = torch.tensor([[1.0, 0.37, -0.2, 0.9] * 8], dtype=torch.float64)
+    h = torch.full_like(W, 1e-6)
+    h[0, 1] = 1.0
+    d = searched_scale(W, h, 8)
+    assert abs(W[0, 1] - torch.round(W[0, 1] / d) * d) < 1e-3
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_scale_search_lowers_the_output_error_and_keeps_the_grid(method):
+    from surgeon.quantize import quantize_codes
+
+    W, X, H = layer(rows=64, cols=128)
+    removed = torch.rand(W.shape, generator=torch.Generator().manual_seed(1)) < 0.3
+    W = W.masked_fill(removed, 0)
+    grid = Grid(4, 32, True)
+    if method == "rtn":
+        plain = rtn_quantize(W, grid, removed)
+        searched = rtn_quantize(W, grid, removed, importance=H.diagonal())
+    else:
+        plain = gptq_quantize(W, H, grid, removed)
+        searched = gptq_quantize(W, H, grid, removed, search=True)
+    assert output_error(W, searched.weight(), X) < output_error(W, plain.weight(), X)
+    Q = searched.weight()
+    assert torch.equal(Q[removed], torch.zeros(int(removed.sum()), dtype=Q.dtype))
+    assert torch.equal(searched.scales.half().float(), searched.scales)
+    lo, hi = grid.code_range
+    assert int(searched.codes.min()) >= lo and int(searched.codes.max()) <= hi
+    if method == "rtn":  # codes are the nearest of their (searched) scale
+        d = searched.scales.double().repeat_interleave(32, dim=1)
+        zero = torch.zeros_like(d)
+        assert torch.equal(searched.codes.double(),
+                           quantize_codes(W, d, zero, grid, removed))
+
+
+def test_scale_search_needs_the_curvature():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from surgeon.quantize import quantize_model
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2))
+    removed = {n: torch.zeros_like(m.weight, dtype=torch.bool)
+               for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    with pytest.raises(SurgeonError, match="scale search needs the curvature"):
+        quantize_model(model, "rtn", Grid(4, 32, True), removed, scale_search=True,
+                       progress=False)

@@ -302,6 +302,28 @@ def test_quantization_preset_plans_llama_cpp_file_types(tmp_path):
     assert f"{folder}/gptq-q4_0/compressed-tensors" in r.stdout
 
 
+def test_scale_search_is_on_for_gptq_and_brings_the_curvature_to_rtn(tmp_path, llama_dir):
+    """GPTQ searches its scales unless told not to; RTN only when asked, and then it is
+    given the final model's curvature."""
+    cfg = tiny_config(llama_dir)
+    cfg["quantization"] = {"g": {"method": "gptq"}, "g-plain": {"method": "gptq",
+                                                                "scale_search": False},
+                           "r": {"method": "rtn"}, "r-searched": {"method": "rtn",
+                                                                  "scale_search": True}}
+    cfg["experiments"] = {"surgeon": {**cfg["experiments"]["surgeon"], "recover": False,
+                                      "quantize": list(cfg["quantization"])}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = snakemake(tmp_path, "--configfile", str(tmp_path / "c.yaml"), "-n", "--nolock", "-p")
+    assert r.returncode == 0, r.stderr[-3000:]
+    quantize = {line.split(" --out ")[1].split()[0].split("/")[-2]: line
+                for line in r.stdout.splitlines()
+                if " quantize --model " in line}
+    assert set(quantize) == set(cfg["quantization"])
+    for name, searched in (("g", True), ("g-plain", False), ("r", False), ("r-searched", True)):
+        assert ("--scale-search" in quantize[name]) == searched, name
+        assert ("--curvature" in quantize[name]) == (name != "r"), name
+
+
 def test_smoke_preset_plans_every_stage(tmp_path):
     """`make smoke` (config/presets/smoke.yaml) validates and plans the whole chain under its
     own model name and report folder, apart from the default run's results."""

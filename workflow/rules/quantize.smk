@@ -30,6 +30,7 @@ rule quantize:
             else "--asymmetric"
         ),
         damp=quantization_setting("damp"),
+        scale_search=scale_search_option,
         gguf_type=lambda wildcards: (
             f"--gguf-type {config['quantization'][wildcards.quant]['gguf_type']}"
             if "gguf_type" in config["quantization"][wildcards.quant]
@@ -39,7 +40,8 @@ rule quantize:
     shell:
         "surgeon --threads {threads} quantize --model {input.model} --method {params.method}"
         " {params.curvature} --bits {params.bits} --group-size {params.group_size}"
-        " {params.asymmetric} {params.gguf_type} --damp {params.damp} --device {params.device}"
+        " {params.asymmetric} {params.gguf_type} --damp {params.damp} {params.scale_search}"
+        " --device {params.device}"
         " --out {output} 2>&1 | tee {log}"
 
 

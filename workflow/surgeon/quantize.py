@@ -82,15 +82,45 @@ def signed_max_scale(w: torch.Tensor, levels: int) -> torch.Tensor:
     return w.gather(1, idx).squeeze(1) / -levels
 
 
-def group_scales(w: torch.Tensor, grid: Grid,
-                 supers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+SEARCH_STEPS = range(-9, 10)  # candidate scales m / -(levels + k / 10), as llama.cpp searches
+
+
+def searched_scale(w: torch.Tensor, importance: torch.Tensor, levels: int) -> torch.Tensor:
+    """The scale d of each row of w (rows x group) of least weighted rounding error
+    sum_j h_j (w_j - d q_j)^2, q_j = clamp(round(w_j / d), -levels, levels - 1).
+
+    Searched as llama.cpp's importance-matrix quantizer does (make_qx_quants): for each
+    candidate d0 = m / -(levels + k/10) the codes q of d0, then the weighted least-squares
+    scale of those codes, d = sum h w q / sum h q^2, whose error is sum h w^2 - (sum h w q)^2
+    / sum h q^2; the candidate of largest (sum h w q)^2 / sum h q^2 wins."""
+    m = w.gather(1, w.abs().argmax(dim=1, keepdim=True))  # rows x 1, signed
+    best_score = torch.full((len(w),), -1.0, dtype=w.dtype, device=w.device)
+    best = (m / -levels).squeeze(1)
+    safe_m = torch.where(m == 0, torch.ones_like(m), m)
+    for k in SEARCH_STEPS:
+        q = torch.clamp(torch.round(w * (-(levels + k / 10) / safe_m)), -levels, levels - 1)
+        hq = importance * q
+        sum_xq, sum_q2 = (hq * w).sum(dim=1), (hq * q).sum(dim=1)
+        score = torch.where(sum_q2 > 0, sum_xq.square() / sum_q2.clamp(min=1e-300), -1.0)
+        better = score > best_score
+        best = torch.where(better, sum_xq / sum_q2.clamp(min=1e-300), best)
+        best_score = torch.where(better, score, best_score)
+    return torch.where(m.squeeze(1) == 0, torch.zeros_like(best), best)
+
+
+def group_scales(w: torch.Tensor, grid: Grid, supers: torch.Tensor | None = None,
+                 importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale d (as float64) and zero point z of each row of w (rows x group); on a K-quant
-    grid `supers` holds each row's super-block (D, Dmin) from `super_scales`."""
+    grid `supers` holds each row's super-block (D, Dmin) from `super_scales`. With
+    `importance` (rows x group, h >= 0) the Q4_0 / Q5_0 scale is `searched_scale`'s instead of
+    the largest weight over -levels."""
     if grid.super_size:
         return kquant_group_scales(w, grid, supers)
     if grid.symmetric:
         if grid.bits == 8:
             d = w.abs().amax(dim=1) / 127
+        elif importance is not None:
+            d = searched_scale(w, importance, 2 ** (grid.bits - 1))
         else:
             d = signed_max_scale(w, 2 ** (grid.bits - 1))
         zero = torch.zeros_like(d)
@@ -217,15 +247,29 @@ def _from_groups(x: torch.Tensor, R: int) -> torch.Tensor:
     return x.reshape(-1, R, *x.shape[1:]).transpose(0, 1).reshape(R, -1)
 
 
+def importance_weights(w: torch.Tensor, h: torch.Tensor,
+                       row_power: torch.Tensor | None = None) -> torch.Tensor:
+    """Weights of each element's rounding error (rows x columns) from the column importance h
+    (the diagonal of H = A, the mean squared input of each column): h_c sqrt(s_r + w_rc^2),
+    s_r the row's mean squared weight (of w unless given), as llama.cpp weighs its importance
+    matrix (large weights count more, so the search keeps them accurate)."""
+    w = w.double()
+    if row_power is None:
+        row_power = w.square().mean(dim=1, keepdim=True)
+    return h.double().clamp(min=0).to(w.device)[None, :] * torch.sqrt(row_power + w.square())
+
+
 def rtn_quantize(W: torch.Tensor, grid: Grid, removed: torch.Tensor | None = None,
-                 chunk: int = 1 << 14) -> Quantized:
-    """Round every group to its nearest grid point (K-quants: super-blocks first)."""
+                 chunk: int = 1 << 14, importance: torch.Tensor | None = None) -> Quantized:
+    """Round every group to its nearest grid point (K-quants: super-blocks first); with a
+    column `importance` (C,) each Q4_0 / Q5_0 group's scale is searched (`searched_scale`)."""
     grid.check(W.shape[1])
     R, C = W.shape
     g = grid.group_size
     W = W.double()
     if removed is not None:
         W = torch.where(removed.to(W.device), 0.0, W)
+    weights = None if importance is None else _by_groups(importance_weights(W, importance), g)
     block_supers = group_supers = None
     if grid.super_size:
         block_supers = super_scales(_by_groups(W, grid.super_size), grid)  # (C/S * R) x 2
@@ -236,7 +280,8 @@ def rtn_quantize(W: torch.Tensor, grid: Grid, removed: torch.Tensor | None = Non
     for i in range(0, len(groups), chunk):
         part = slice(i, i + chunk)
         d[part], zero[part] = group_scales(groups[part], grid,
-                                           None if group_supers is None else group_supers[part])
+                                           None if group_supers is None else group_supers[part],
+                                           None if weights is None else weights[part])
     q = quantize_codes(groups, d[:, None], zero[:, None], grid)
     q, d, zero = _from_groups(q, R), _from_groups(d, R), _from_groups(zero, R)
     supers = None if block_supers is None else _from_groups(block_supers, R).reshape(R, -1, 2)
@@ -246,10 +291,12 @@ def rtn_quantize(W: torch.Tensor, grid: Grid, removed: torch.Tensor | None = Non
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, grid: Grid,
                   removed: torch.Tensor | None = None, damp: float = 0.01,
-                  blocksize: int = 128) -> Quantized:
+                  blocksize: int = 128, search: bool = False) -> Quantized:
     """GPTQ of W (R x C) with Hessian H (C x C); `removed` weights stay exactly zero. On a
     K-quant grid a super-block's (D, Dmin) is set when the sweep reaches its first column, from
-    the weights as the error feedback has left them, as a group's scale is."""
+    the weights as the error feedback has left them, as a group's scale is. With `search` a
+    Q4_0 / Q5_0 group's scale is `searched_scale`'s, weighted by diag(H) (`importance_weights`
+    of the weights as the feedback has left them)."""
     grid.check(W.shape[1])
     R, C = W.shape
     g, S = grid.group_size, grid.super_size
@@ -261,6 +308,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, grid: Grid,
         else removed.to(W.device)
     dead = H.diagonal() <= 0  # a column that never saw an input: its value does not matter
     H[dead, dead] = 1.0
+    importance = H.diagonal().clone() if search else None
+    row_power = W.square().mean(dim=1, keepdim=True)
     U = upper_inverse_cholesky(H, damp)
     codes = torch.zeros(R, C, dtype=torch.float64, device=W.device)
     scales = torch.zeros(R, C // g, dtype=torch.float64, device=W.device)
@@ -277,8 +326,10 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, grid: Grid,
                 supers[:, c // S] = super_scales(block, grid)
             if c % g == 0:
                 group = torch.where(removed[:, c : c + g], 0.0, W1[:, i : i + g])
+                weights = None if importance is None else \
+                    importance_weights(group, importance[c : c + g], row_power)
                 scales[:, c // g], zeros[:, c // g] = group_scales(
-                    group, grid, supers[:, c // S] if S else None)
+                    group, grid, supers[:, c // S] if S else None, weights)
             d, z = scales[:, c // g], zeros[:, c // g]
             q = quantize_codes(W1[:, i], d, z, grid, removed[:, c])
             codes[:, c] = q
@@ -302,13 +353,15 @@ def bits_per_weight(grid: Grid) -> float:
 
 
 def quantize_model(model, method: str, grid: Grid | dict, removed: dict, curvature=None,
-                   damp: float = 0.01, device: str = "cpu", progress: bool = True) -> dict:
+                   damp: float = 0.01, device: str = "cpu", progress: bool = True,
+                   scale_search: bool = False) -> dict:
     """Quantize every decoder Linear in place (weights become the dequantized values).
 
     `grid` is one grid for all layers or {layer: grid} (a llama.cpp type mixture, ggml_plan);
     `removed` maps layer names to masks (True = pruned) of the weight's shape; `curvature` is
     an open curvature file whose A factors are GPTQ's H (the bias column, if any, is dropped).
-    Returns {layer: Quantized}.
+    `scale_search`: Q4_0 / Q5_0 scales searched with the diagonal of A as the importance of
+    each column (RTN too; needs the curvature). Returns {layer: Quantized}.
     """
     from tqdm import tqdm
 
@@ -317,18 +370,21 @@ def quantize_model(model, method: str, grid: Grid | dict, removed: dict, curvatu
 
     if method not in ("rtn", "gptq"):
         raise SurgeonError(f"unknown quantization method '{method}' (rtn, gptq)")
-    if method == "gptq" and curvature is None:
-        raise SurgeonError("gptq needs the curvature (A factor) of the model it quantizes")
+    if (method == "gptq" or scale_search) and curvature is None:
+        raise SurgeonError(f"{'gptq' if method == 'gptq' else 'the scale search'} needs the "
+                           "curvature (A factor) of the model it quantizes")
     out = {}
     for name, layer in tqdm(decoder_linears(model).items(), desc=method, disable=not progress):
         W = layer.weight.detach().to(device)
         mask = removed[name].to(device)
         layer_grid = grid[name] if isinstance(grid, dict) else grid
+        A = None if curvature is None else \
+            read_factors(curvature, name)[0].to(device)[: W.shape[1], : W.shape[1]]
         if method == "rtn":
-            q = rtn_quantize(W, layer_grid, mask)
+            q = rtn_quantize(W, layer_grid, mask,
+                             importance=A.diagonal() if scale_search else None)
         else:
-            A = read_factors(curvature, name)[0].to(device)[: W.shape[1], : W.shape[1]]
-            q = gptq_quantize(W, A, layer_grid, mask, damp)
+            q = gptq_quantize(W, A, layer_grid, mask, damp, search=scale_search)
         with torch.no_grad():
             layer.weight.copy_(q.weight().to(layer.weight))
         out[name] = Quantized(q.codes.cpu(), q.scales.cpu(), q.zeros.cpu(), layer_grid,

@@ -5,9 +5,20 @@ def quantization_setting(key):
     return lambda wildcards: config["quantization"][wildcards.quant][key]
 
 
+def scale_search(spec):
+    """A quantization's scale search: as set, else on for GPTQ (which reads A anyway)."""
+    return spec.get("scale_search", spec["method"] == "gptq")
+
+
+def scale_search_option(wildcards):
+    return "--scale-search" if scale_search(config["quantization"][wildcards.quant]) else ""
+
+
 def quantization_curvature(wildcards):
-    """GPTQ reads the A factor of the model it quantizes (estimated by the curvature rule)."""
-    if config["quantization"][wildcards.quant]["method"] != "gptq":
+    """GPTQ and the scale search read the A factor of the model they quantize (estimated by
+    the curvature rule)."""
+    spec = config["quantization"][wildcards.quant]
+    if spec["method"] != "gptq" and not scale_search(spec):
         return []
     return f"results/{wildcards.model}/{wildcards.experiment}/quantized/curvature.h5"
 

@@ -48,7 +48,7 @@ def cmd_quantize(args):
     curvature = open_curvature(args.curvature) if args.curvature else contextlib.nullcontext()
     with curvature as f:
         codes = quantize_model(model, args.method, grids, removed, f, args.damp,
-                               str(resolve_device(args.device)))
+                               str(resolve_device(args.device)), scale_search=args.scale_search)
     # the embedding on its llama.cpp block too, as in the .gguf (gguf_export.py)
     tables = quantize_embeddings(model, table_grids) if table_grids else {}
     inputs = {"model": args.model, **({"curvature": args.curvature} if args.curvature else {})}
@@ -63,7 +63,7 @@ def cmd_quantize(args):
             "tensor_types": dict(Counter(ggml_type(q.grid) or str(q.grid)
                                          for q in {**codes, **tables}.values()))}
     write_model_folder(args.out, model, args.model, masks, "quantize", inputs,
-                        {"damp": args.damp}, start, codes={**codes, **tables}, codes_info=info,
+                        {"damp": args.damp, "scale_search": args.scale_search}, start, codes={**codes, **tables}, codes_info=info,
                         quantization=info)
     print(f"{args.method} {file_type or first}: {info['bits_per_weight']:.3f} bits per "
           f"decoder-Linear weight, tensors {info['tensor_types']}")
@@ -140,6 +140,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--group-size", type=int, default=32, help="weights sharing one scale")
     s.add_argument("--asymmetric", action="store_true", help="zero point per group")
     s.add_argument("--damp", type=float, default=0.01, help="GPTQ: relative damping of H")
+    s.add_argument("--scale-search", action="store_true",
+                   help="Q4_0 / Q5_0 scales searched, weighted by the diagonal of A (needs "
+                        "--curvature)")
     s.add_argument("--gguf-type", default="", choices=["", *FILE_TYPES],
                    help="llama.cpp file type: every tensor on the block llama-quantize gives it "
                         "(overrides --bits, --group-size, --asymmetric)")

@@ -1,0 +1,51 @@
+"""Searched against largest-weight scales, for RTN and GPTQ, on a llama.cpp file type.
+
+Q4_0 / Q5_0 blocks take their scale from the block's largest weight (d = m / -8), or from a
+search weighted by the diagonal of the model's A factor (the mean squared input of each
+column, what llama.cpp's importance matrix holds; `quantize.searched_scale`). Each of the four
+combinations quantizes the same model on the types `llama-quantize` picks for the file type
+and is scored on the evaluation and out-of-domain windows (our evaluation).
+
+  python benchmarks/scale_search.py --type Q4_0 Q4_K_M
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from gptq_damping import DATA, scores
+
+from surgeon.data import load_windows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="results/smollm2-135m/dense/model")
+    p.add_argument("--curvature", default="results/smollm2-135m/dense/curvature.h5")
+    p.add_argument("--type", nargs="+", default=["Q4_0"], help="llama.cpp file types")
+    p.add_argument("--methods", nargs="+", default=["rtn", "gptq"])
+    p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping")
+    p.add_argument("--evaluation", default=str(DATA / "evaluation.safetensors"))
+    p.add_argument("--ood", default=str(DATA / "ood.safetensors"))
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    windows = [load_windows(path)[0] for path in (args.evaluation, args.ood)]
+    rows = []
+    for file_type in args.type:
+        for method in args.methods:
+            for search in (False, True):
+                rows.append(scores(args.model, args.curvature, file_type, method, args.damp,
+                                   windows, scale_search=search))
+                print(json.dumps(rows[-1]), flush=True)
+    print("| type | method | scales | ppl | ppl_ood |\n|---|---|---|---|---|")
+    for r in rows:
+        scales = "searched" if r["scale_search"] else "largest weight"
+        print(f"| {r['type']} | {r['method']} | {scales} | {r['ppl']:.3f} | {r['ppl_ood']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
