@@ -28,19 +28,21 @@ from surgeon.quantize import quantize_embeddings, quantize_model
 DATA = Path("results/smollm2-135m/data")
 
 
-def scores(folder, curvature, file_type, method, damp, windows, scale_search=False) -> dict:
+def scores(folder, curvature, file_type, method, damp, windows, scale_search=False,
+           shrink=0.0) -> dict:
     model = load_model(folder, "cpu")
     removed = weight_columns(load_mask(folder, decoder_weights(model)), model)
     grids, table_grids = file_type_grids(model, file_type)
     start = time.time()
     with open_curvature(curvature) as f:
         quantize_model(model, method, grids, removed, f, damp, progress=False,
-                       scale_search=scale_search)
+                       scale_search=scale_search, shrink=shrink)
     quantize_embeddings(model, table_grids)
     seconds = time.time() - start
     ppl = [perplexity(model, w, progress=False) for w in windows]
     return {"model": folder, "type": file_type, "method": method, "damp": damp,
-            "scale_search": scale_search, "ppl": ppl[0], "ppl_ood": ppl[1], "quantize_s": round(seconds)}
+            "scale_search": scale_search, "shrink": shrink, "ppl": ppl[0], "ppl_ood": ppl[1],
+            "quantize_s": round(seconds)}
 
 
 def main():

@@ -25,15 +25,20 @@ def pruned_layer(rows=16, cols=512, seed=0):
     return torch.where(removed, 0.0, W), removed, X, X.T @ X / len(X)
 
 
-@pytest.mark.parametrize("kind,method", list(itertools.product(GGML_GRIDS, ["rtn", "gptq"])))
+@pytest.mark.parametrize("kind,method", list(itertools.product(
+    GGML_GRIDS, ["rtn", "gptq", "rtn-searched", "gptq-searched-shrunk"])))
 def test_gguf_reads_back_exactly_our_weights(kind, method):
     """Packed blocks, dequantized by gguf's reference code, are the weights we evaluate, and
-    removed weights are exact zeros."""
+    removed weights are exact zeros (searched scales and a shrunk H included)."""
     from gguf import GGMLQuantizationType, dequantize
 
     W, removed, _, H = pruned_layer()
     grid = GGML_GRIDS[kind]
-    q = rtn_quantize(W, grid, removed) if method == "rtn" else gptq_quantize(W, H, grid, removed)
+    q = {"rtn": lambda: rtn_quantize(W, grid, removed),
+         "gptq": lambda: gptq_quantize(W, H, grid, removed),
+         "rtn-searched": lambda: rtn_quantize(W, grid, removed, importance=H.diagonal()),
+         "gptq-searched-shrunk": lambda: gptq_quantize(W, H, grid, removed, search=True,
+                                                       shrink=0.75)}[method]()
     name, data = pack(q)
     assert name == kind
     got = dequantize(data, getattr(GGMLQuantizationType, kind)).reshape(W.shape)
@@ -70,6 +75,29 @@ def test_kquant_scales_are_small_integers_of_the_super_scale(kind):
     assert torch.equal(m, m.round()) and m.min() >= 0 and m.max() <= 63
     r = (q.supers[..., 1] / q.supers[..., 0]).double()
     assert torch.equal(torch.log2(r), torch.log2(r).round())  # a power of two, exact
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q6_K"])
+def test_kquant_importance_weighs_the_group_choice(kind):
+    """With an importance the sub-scale (and Q4_K's zero point) of least weighted rounding
+    error is chosen among the same candidates: never worse by that measure than the
+    unweighted choice, better overall, and still on the packable grid."""
+    W, removed, _, H = pruned_layer(seed=2)
+    grid = GGML_GRIDS[kind]
+    g = grid.group_size
+    groups = W.reshape(-1, g)
+    supers = super_scales(W.reshape(-1, 256), grid).repeat_interleave(256 // g, dim=0)
+    h = torch.rand(groups.shape, generator=torch.Generator().manual_seed(5),
+                   dtype=torch.float64) ** 4
+
+    def weighted_error(d, z):
+        lo, hi = grid.code_range
+        q = torch.clamp(torch.round(groups / d[:, None]) + z[:, None], lo, hi)
+        return (h * ((q - z[:, None]) * d[:, None] - groups).square()).sum(dim=1)
+
+    plain = weighted_error(*kquant_group_scales(groups, grid, supers))
+    weighted = weighted_error(*kquant_group_scales(groups, grid, supers, h))
+    assert (weighted <= plain + 1e-15).all() and weighted.sum() < 0.99 * plain.sum()
 
 
 def test_q4_k_group_search_is_the_best_valid_pair_by_brute_force():

@@ -168,3 +168,32 @@ def test_scale_search_needs_the_curvature():
     with pytest.raises(SurgeonError, match="scale search needs the curvature"):
         quantize_model(model, "rtn", Grid(4, 32, True), removed, scale_search=True,
                        progress=False)
+
+
+def test_gptq_shrink_spans_gptq_to_searched_rtn():
+    """shrink 0 is plain GPTQ; shrink 1 leaves H diagonal, so there is no error feedback and
+    GPTQ with the scale search is RTN with the search weighted by diag(H); between the two
+    the layer's output error on the calibration inputs lies between theirs."""
+    W, X, H = layer(rows=32, cols=128)
+    grid = Grid(4, 32, True)
+    plain = gptq_quantize(W, H, grid, search=True)
+    assert torch.equal(gptq_quantize(W, H, grid, search=True, shrink=0.0).codes, plain.codes)
+    full = gptq_quantize(W, H, grid, search=True, shrink=1.0, damp=0.0)
+    rtn = rtn_quantize(W, grid, importance=H.diagonal())
+    assert torch.equal(full.codes, rtn.codes) and torch.equal(full.scales, rtn.scales)
+    half = gptq_quantize(W, H, grid, search=True, shrink=0.5)
+    errors = [output_error(W, q.weight(), X) for q in (plain, half, full)]
+    assert errors[0] < errors[1] < errors[2]
+    with pytest.raises(SurgeonError, match="shrink must be in"):
+        gptq_quantize(W, H, grid, shrink=1.5)
+
+
+def test_schema_default_shrink_is_the_librarys():
+    import yaml
+
+    from helpers import REPO
+    from surgeon.quantize import GPTQ_SHRINK
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    entry = schema["properties"]["quantization"]["additionalProperties"]["properties"]
+    assert entry["shrink"]["default"] == GPTQ_SHRINK

@@ -30,6 +30,7 @@ rule quantize:
             else "--asymmetric"
         ),
         damp=quantization_setting("damp"),
+        shrink=quantization_setting("shrink"),
         scale_search=scale_search_option,
         gguf_type=lambda wildcards: (
             f"--gguf-type {config['quantization'][wildcards.quant]['gguf_type']}"
@@ -40,7 +41,8 @@ rule quantize:
     shell:
         "surgeon --threads {threads} quantize --model {input.model} --method {params.method}"
         " {params.curvature} --bits {params.bits} --group-size {params.group_size}"
-        " {params.asymmetric} {params.gguf_type} --damp {params.damp} {params.scale_search}"
+        " {params.asymmetric} {params.gguf_type} --damp {params.damp} --shrink {params.shrink}"
+        " {params.scale_search}"
         " --device {params.device}"
         " --out {output} 2>&1 | tee {log}"
 

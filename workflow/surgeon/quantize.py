@@ -20,6 +20,10 @@ so a pruned model keeps its exact sparsity pattern.
 GPTQ (Frantar et al. 2023): columns left to right, each quantized and its error fed to the
 columns on its right through the upper Cholesky factor U of H^-1, err = (w - q) / U_cc,
 W[:, c:] -= err U[c, c:]; a group's scale is set when the sweep reaches its first column.
+
+Searched scales (`searched_scale`): a Q4_0 / Q5_0 scale of least importance-weighted rounding
+error instead of the largest weight's (llama.cpp's importance-matrix search); GPTQ's H can be
+shrunk towards its diagonal (`shrink`, docs/algorithms.md §8).
 """
 
 from __future__ import annotations
@@ -112,10 +116,10 @@ def group_scales(w: torch.Tensor, grid: Grid, supers: torch.Tensor | None = None
                  importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale d (as float64) and zero point z of each row of w (rows x group); on a K-quant
     grid `supers` holds each row's super-block (D, Dmin) from `super_scales`. With
-    `importance` (rows x group, h >= 0) the Q4_0 / Q5_0 scale is `searched_scale`'s instead of
+    `importance` (rows x group, h >= 0) the Q4_0 / Q5_0 scale is searched_scale's instead of
     the largest weight over -levels."""
     if grid.super_size:
-        return kquant_group_scales(w, grid, supers)
+        return kquant_group_scales(w, grid, supers, importance)
     if grid.symmetric:
         if grid.bits == 8:
             d = w.abs().amax(dim=1) / 127
@@ -170,20 +174,40 @@ def super_scales(w: torch.Tensor, grid: Grid) -> torch.Tensor:
     return torch.stack([D, D * r], dim=1)
 
 
-def kquant_group_scales(w: torch.Tensor, grid: Grid,
-                        supers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _least_error(w: torch.Tensor, d: torch.Tensor, z: torch.Tensor, valid: torch.Tensor,
+                 grid: Grid, importance: torch.Tensor | None) -> torch.Tensor:
+    """Index of the candidate (d, z) (rows x candidates) of least squared rounding error of
+    each row of w, weighted by `importance` when given, among the valid ones."""
+    lo, hi = grid.code_range
+    q = torch.clamp(torch.round(w[:, None, :] / d[..., None]) + z[..., None], lo, hi)
+    sq = ((q - z[..., None]) * d[..., None] - w[:, None, :]).square()
+    err = (sq if importance is None else sq * importance[:, None, :]).sum(dim=2)
+    return torch.where(valid, err, torch.inf).argmin(dim=1, keepdim=True)
+
+
+def kquant_group_scales(w: torch.Tensor, grid: Grid, supers: torch.Tensor,
+                        importance: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """d = D s and z of each row of w (rows x group) under its super-block's (D, Dmin).
 
-    Q6_K: s = round(m / -32 / D) in int8, never 0 for a non-zero group. Q4_K: s in [1, 63] and
-    z in [0, 15] with z s a multiple of r = Dmin / D and z s / r <= 63 (so m = z s / r is an
-    exact 6-bit min and D s z == Dmin m: zero on the grid); among (z, s) within 2 and 4 of the
-    group's ideal, and (0, ideal s), the pair of least squared rounding error."""
+    Q6_K: s = round(m / -32 / D) in int8, never 0 for a non-zero group; with `importance`,
+    the s within 2 of it of least weighted rounding error. Q4_K: s in [1, 63] and z in
+    [0, 15] with z s a multiple of r = Dmin / D and z s / r <= 63 (so m = z s / r is an exact
+    6-bit min and D s z == Dmin m: zero on the grid); among (z, s) within 2 and 4 of the
+    group's ideal, and (0, ideal s), the pair of least (importance-weighted) squared rounding
+    error."""
     D, Dmin = supers[:, 0], supers[:, 1]
     if grid.symmetric:
         ratio = signed_max_scale(w, 32) / D
         s = torch.round(ratio)
         s = torch.where((s == 0) & (ratio != 0), torch.sign(ratio), s)  # keep a small group
         s = torch.where(s == 0, torch.ones_like(s), s).clamp(-128, 127)  # all-zero: any scale
+        if importance is not None:
+            s = s[:, None] + torch.arange(-2, 3, dtype=w.dtype, device=w.device)[None, :]
+            valid = (s != 0) & (s >= -128) & (s <= 127)
+            zero = torch.zeros_like(s)
+            s = s.gather(1, _least_error(w, D[:, None] * s, zero, valid, grid, importance))
+            s = s.squeeze(1)
         return D * s, torch.zeros_like(D)
     s_ideal, z_ideal = _asym_ideal(w, 2**grid.bits - 1)
     s0 = torch.round(s_ideal / D).clamp(1, KQ_SCALE_MAX[4])
@@ -197,9 +221,7 @@ def kquant_group_scales(w: torch.Tensor, grid: Grid,
     valid = (z >= 0) & (z <= 15) & (s >= 1) & (s <= KQ_SCALE_MAX[4]) \
         & (torch.remainder(z * s, r) == 0) & (z * s <= KQ_SCALE_MAX[4] * r)
     d = D[:, None] * s
-    q = torch.clamp(torch.round(w[:, None, :] / d[..., None]) + z[..., None], 0, 15)
-    err = ((q - z[..., None]) * d[..., None] - w[:, None, :]).square().sum(dim=2)
-    best = torch.where(valid, err, torch.inf).argmin(dim=1, keepdim=True)
+    best = _least_error(w, d, z, valid, grid, importance)
     return d.gather(1, best).squeeze(1), z.gather(1, best).squeeze(1)
 
 
@@ -291,12 +313,16 @@ def rtn_quantize(W: torch.Tensor, grid: Grid, removed: torch.Tensor | None = Non
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, grid: Grid,
                   removed: torch.Tensor | None = None, damp: float = 0.01,
-                  blocksize: int = 128, search: bool = False) -> Quantized:
+                  blocksize: int = 128, search: bool = False, shrink: float = 0.0) -> Quantized:
     """GPTQ of W (R x C) with Hessian H (C x C); `removed` weights stay exactly zero. On a
     K-quant grid a super-block's (D, Dmin) is set when the sweep reaches its first column, from
     the weights as the error feedback has left them, as a group's scale is. With `search` a
     Q4_0 / Q5_0 group's scale is `searched_scale`'s, weighted by diag(H) (`importance_weights`
-    of the weights as the feedback has left them)."""
+    of the weights as the feedback has left them). `shrink` s in [0, 1] replaces H by
+    (1 - s) H + s diag(H): the off-diagonal input correlations of a few thousand calibration
+    tokens, which the error feedback follows, are trusted less (s = 1: no feedback, RTN)."""
+    if not 0.0 <= shrink <= 1.0:
+        raise SurgeonError(f"GPTQ shrink must be in [0, 1], got {shrink}")
     grid.check(W.shape[1])
     R, C = W.shape
     g, S = grid.group_size, grid.super_size
@@ -304,6 +330,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, grid: Grid,
     blocksize = unit * max(1, blocksize // unit)  # a group never straddles two blocks
     W = W.double().clone()
     H = H.double().clone()
+    if shrink:
+        H = (1.0 - shrink) * H + shrink * torch.diag(H.diagonal())
     removed = torch.zeros(R, C, dtype=torch.bool, device=W.device) if removed is None \
         else removed.to(W.device)
     dead = H.diagonal() <= 0  # a column that never saw an input: its value does not matter
@@ -341,6 +369,11 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, grid: Grid,
                      None if supers is None else supers.float())
 
 
+# GPTQ's H = (1 - s) A + s diag(A) by default (the schema's `shrink`): on the embedded model
+# 0.75 beat both 0 (plain GPTQ) and 1 (RTN) in and out of domain (README, scale_search.py)
+GPTQ_SHRINK = 0.75
+
+
 def bits_per_weight(grid: Grid) -> float:
     """Stored bits per weight of the grid: the code, each group's scale (float16; K-quants:
     6-bit scale and min, or int8 scale), an 8-bit zero point per group when asymmetric, and
@@ -354,14 +387,15 @@ def bits_per_weight(grid: Grid) -> float:
 
 def quantize_model(model, method: str, grid: Grid | dict, removed: dict, curvature=None,
                    damp: float = 0.01, device: str = "cpu", progress: bool = True,
-                   scale_search: bool = False) -> dict:
+                   scale_search: bool = False, shrink: float = 0.0) -> dict:
     """Quantize every decoder Linear in place (weights become the dequantized values).
 
     `grid` is one grid for all layers or {layer: grid} (a llama.cpp type mixture, ggml_plan);
     `removed` maps layer names to masks (True = pruned) of the weight's shape; `curvature` is
     an open curvature file whose A factors are GPTQ's H (the bias column, if any, is dropped).
     `scale_search`: Q4_0 / Q5_0 scales searched with the diagonal of A as the importance of
-    each column (RTN too; needs the curvature). Returns {layer: Quantized}.
+    each column (RTN too; needs the curvature); `shrink`: GPTQ's H moved towards its
+    diagonal (`gptq_quantize`). Returns {layer: Quantized}.
     """
     from tqdm import tqdm
 
@@ -384,7 +418,7 @@ def quantize_model(model, method: str, grid: Grid | dict, removed: dict, curvatu
             q = rtn_quantize(W, layer_grid, mask,
                              importance=A.diagonal() if scale_search else None)
         else:
-            q = gptq_quantize(W, A, layer_grid, mask, damp, search=scale_search)
+            q = gptq_quantize(W, A, layer_grid, mask, damp, search=scale_search, shrink=shrink)
         with torch.no_grad():
             layer.weight.copy_(q.weight().to(layer.weight))
         out[name] = Quantized(q.codes.cpu(), q.scales.cpu(), q.zeros.cpu(), layer_grid,

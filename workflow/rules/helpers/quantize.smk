@@ -11,7 +11,11 @@ def scale_search(spec):
 
 
 def scale_search_option(wildcards):
-    return "--scale-search" if scale_search(config["quantization"][wildcards.quant]) else ""
+    return (
+        "--scale-search"
+        if scale_search(config["quantization"][wildcards.quant])
+        else ""
+    )
 
 
 def quantization_curvature(wildcards):

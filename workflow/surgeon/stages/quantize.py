@@ -37,9 +37,11 @@ def cmd_quantize(args):
     from ..models import load_model, resolve_device
     from ..masks import load_mask, weight_columns
     from ..prune import decoder_weights
-    from ..quantize import bits_per_weight, ggml_type, quantize_embeddings, quantize_model
+    from ..quantize import (GPTQ_SHRINK, bits_per_weight, ggml_type, quantize_embeddings,
+                            quantize_model)
 
     start = time.time()
+    shrink = GPTQ_SHRINK if args.shrink is None else args.shrink
     check_free_space(args.out, output_folder_bytes(args.model, codes=True))
     model = load_model(args.model, "cpu")
     masks = load_mask(args.model, decoder_weights(model))
@@ -48,7 +50,8 @@ def cmd_quantize(args):
     curvature = open_curvature(args.curvature) if args.curvature else contextlib.nullcontext()
     with curvature as f:
         codes = quantize_model(model, args.method, grids, removed, f, args.damp,
-                               str(resolve_device(args.device)), scale_search=args.scale_search)
+                               str(resolve_device(args.device)), scale_search=args.scale_search,
+                               shrink=shrink)
     # the embedding on its llama.cpp block too, as in the .gguf (gguf_export.py)
     tables = quantize_embeddings(model, table_grids) if table_grids else {}
     inputs = {"model": args.model, **({"curvature": args.curvature} if args.curvature else {})}
@@ -63,7 +66,8 @@ def cmd_quantize(args):
             "tensor_types": dict(Counter(ggml_type(q.grid) or str(q.grid)
                                          for q in {**codes, **tables}.values()))}
     write_model_folder(args.out, model, args.model, masks, "quantize", inputs,
-                        {"damp": args.damp, "scale_search": args.scale_search}, start, codes={**codes, **tables}, codes_info=info,
+                        {"damp": args.damp, "scale_search": args.scale_search,
+                         "shrink": shrink}, start, codes={**codes, **tables}, codes_info=info,
                         quantization=info)
     print(f"{args.method} {file_type or first}: {info['bits_per_weight']:.3f} bits per "
           f"decoder-Linear weight, tensors {info['tensor_types']}")
@@ -140,6 +144,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--group-size", type=int, default=32, help="weights sharing one scale")
     s.add_argument("--asymmetric", action="store_true", help="zero point per group")
     s.add_argument("--damp", type=float, default=0.01, help="GPTQ: relative damping of H")
+    s.add_argument("--shrink", type=float, default=None,
+                   help="GPTQ: H = (1 - shrink) A + shrink diag(A), in [0, 1] (default "
+                        "quantize.GPTQ_SHRINK)")
     s.add_argument("--scale-search", action="store_true",
                    help="Q4_0 / Q5_0 scales searched, weighted by the diagonal of A (needs "
                         "--curvature)")
