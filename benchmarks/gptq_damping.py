@@ -45,19 +45,29 @@ def scores(folder, curvature, file_type, method, damp, windows, scale_search=Fal
             "quantize_s": round(seconds)}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+def model_arguments(doc: str) -> argparse.ArgumentParser:
+    """The arguments every quantization benchmark takes: model, curvature, both texts."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="results/smollm2-135m/dense/model")
     p.add_argument("--curvature", default="results/smollm2-135m/dense/curvature.h5")
-    p.add_argument("--type", default="Q4_0", help="llama.cpp file type")
-    p.add_argument("--damp", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     p.add_argument("--evaluation", default=str(DATA / "evaluation.safetensors"))
     p.add_argument("--ood", default=str(DATA / "ood.safetensors"))
     p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
+    return p
+
+
+def evaluation_windows(args) -> list:
     torch.set_num_threads(args.threads)
-    windows = [load_windows(path)[0] for path in (args.evaluation, args.ood)]
+    return [load_windows(path)[0] for path in (args.evaluation, args.ood)]
+
+
+def main():
+    p = model_arguments(__doc__)
+    p.add_argument("--type", default="Q4_0", help="llama.cpp file type")
+    p.add_argument("--damp", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    args = p.parse_args()
+    windows = evaluation_windows(args)
     rows = [scores(args.model, args.curvature, args.type, "rtn", 0.0, windows)]
     print(json.dumps(rows[-1]), flush=True)
     for damp in args.damp:

@@ -12,31 +12,20 @@ is scored on the evaluation and out-of-domain windows (our evaluation).
 
 from __future__ import annotations
 
-import argparse
 import json
 
-import torch
-from gptq_damping import DATA, scores
-
-from surgeon.data import load_windows
+from gptq_damping import evaluation_windows, model_arguments, scores
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="results/smollm2-135m/dense/model")
-    p.add_argument("--curvature", default="results/smollm2-135m/dense/curvature.h5")
+    p = model_arguments(__doc__)
     p.add_argument("--type", nargs="+", default=["Q4_0"], help="llama.cpp file types")
     p.add_argument("--methods", nargs="+", default=["rtn", "gptq"])
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping")
     p.add_argument("--shrink", type=float, nargs="*", default=[0.5],
                    help="GPTQ shrink values of the searched-scale rows")
-    p.add_argument("--evaluation", default=str(DATA / "evaluation.safetensors"))
-    p.add_argument("--ood", default=str(DATA / "ood.safetensors"))
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    windows = [load_windows(path)[0] for path in (args.evaluation, args.ood)]
+    windows = evaluation_windows(args)
     rows = []
     for file_type in args.type:
         plan = [(method, search, 0.0) for method in args.methods for search in (False, True)]
