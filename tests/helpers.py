@@ -91,11 +91,13 @@ def family_model(family: str, seed: int = 0, attention: str | None = None):
         "mistral": lambda: tf.MistralConfig(**SMALL, tie_word_embeddings=False),
         "qwen2": lambda: tf.Qwen2Config(**SMALL, tie_word_embeddings=False),
         "qwen3": lambda: tf.Qwen3Config(**SMALL, head_dim=8, tie_word_embeddings=False),
+        # query_pre_attn_scalar = head_dim: the query scale llama.cpp's gemma computes
         "gemma2": lambda: tf.Gemma2Config(**SMALL, head_dim=16, tie_word_embeddings=True,
+                                          query_pre_attn_scalar=16,
                                           attn_logit_softcapping=50.0,
                                           final_logit_softcapping=30.0),
         "gemma3": lambda: tf.Gemma3TextConfig(**SMALL, head_dim=16, tie_word_embeddings=True,
-                                              sliding_window=8),
+                                              query_pre_attn_scalar=16, sliding_window=8),
         "phi3": lambda: tf.Phi3Config(**SMALL, tie_word_embeddings=False, pad_token_id=0),
     }
     torch.manual_seed(seed)

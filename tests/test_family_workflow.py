@@ -1,7 +1,8 @@
 """The Snakemake workflow end to end on tiny models of other families (import from a local
 folder, windows, curvature, LLM Surgeon in 2 shots and Wanda, coupled units with compaction,
-RTN Q4_0 with its .gguf where llama.cpp reads the family from us, evaluation, zero-shot,
-report): every rule runs on the family, not only the stage functions (tests/test_families.py)."""
+RTN Q4_0 with its .gguf where llama.cpp reads the family from us (all here but OPT), evaluation,
+zero-shot, report): every rule runs on the family, not only the stage functions
+(tests/test_families.py)."""
 
 import csv
 import json
@@ -46,35 +47,50 @@ def family_run(tmp_path, tokenizer, family, *args):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_workflow_on_qwen2(tmp_path, tokenizer):
-    """Qwen2 (q/k/v biases) through every rule up to the summary table (the figures and HTML
-    report are the same code for every family: tests/test_workflow.py)."""
-    results = tmp_path / "results" / "tiny-qwen2"
-    targets = ["results/report/qwen2/summary.csv",
-               "results/tiny-qwen2/surgeon/zeroshot/shot-2.json"]
-    r = family_run(tmp_path, tokenizer, "qwen2", *targets)
+@pytest.mark.parametrize("family", ["qwen2", "phi3"])
+def test_workflow_end_to_end(family, tmp_path, tokenizer):
+    """Qwen2 (q/k/v biases) and Phi-3 (fused qkv_proj / gate_up_proj) through every rule up to
+    the summary table and the .gguf (the figures and HTML report are the same code for every
+    family: tests/test_workflow.py)."""
+    results = tmp_path / "results" / f"tiny-{family}"
+    targets = [f"results/report/{family}/summary.csv",
+               f"results/tiny-{family}/surgeon/zeroshot/shot-2.json"]
+    r = family_run(tmp_path, tokenizer, family, *targets)
     assert r.returncode == 0, r.stderr[-4000:]
     rows = {row["experiment"] + "/" + row["stage"]: row for row in
-            csv.DictReader((tmp_path / "results/report/qwen2/summary.csv").open())}
+            csv.DictReader((tmp_path / f"results/report/{family}/summary.csv").open())}
     assert float(rows["surgeon/shot-2"]["sparsity"]) == pytest.approx(0.5, abs=0.01)
     assert float(rows["wanda/shot-1"]["sparsity"]) == pytest.approx(0.5, abs=0.01)
     compact = json.loads((results / "coupled/compact/model/manifest.json").read_text())
     assert compact["compaction"]["zero_weights_left"] == 0
     assert json.loads((results / "coupled/compact/model/config.json").read_text())[
-        "model_type"] == "qwen2-compact"
+        "model_type"] == f"{family}-compact"
     assert float(rows["coupled/compact"]["ppl"]) == pytest.approx(
         float(rows["coupled/shot-1"]["ppl"]), rel=1e-4)
     assert json.loads((results / "surgeon/zeroshot/shot-2.json").read_text())[
         "tasks"]["surgeon_python"]["n"] == 4
     arch = GGUFReader(str(results / "surgeon/quantized/rtn-q4_0/model.gguf")).fields[
         "general.architecture"]
-    assert bytes(arch.parts[arch.data[0]]).decode() == "qwen2"
+    assert bytes(arch.parts[arch.data[0]]).decode() == family
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "phi3"])
+def test_gemma_and_phi3_plan_a_gguf(family, tmp_path, tokenizer):
+    """Gemma 2, Gemma 3 and Phi-3 quantize, compact and evaluate like the others
+    (tests/test_families.py), and their Q4_0 experiment exports a .gguf (llama.cpp's gemma2,
+    gemma3, phi3: tests/test_gguf_families.py) besides its compressed-tensors folder."""
+    r = family_run(tmp_path, tokenizer, family, "-n", "-p")
+    assert r.returncode == 0, r.stderr[-4000:]
+    jobs = job_counts(r.stdout)
+    assert jobs["quantize"] == 1 and jobs["compact"] == 1 and jobs["prune_shot"] == 4
+    assert jobs["export_gguf"] == 1 and "surgeon/quantized/rtn-q4_0/model.gguf" in r.stdout
+    assert jobs["export_compressed_tensors"] == 1
 
 
 def test_no_gguf_planned_for_a_family_llama_cpp_does_not_read_from_us(tmp_path, tokenizer):
-    """Gemma 2 quantizes, compacts and evaluates like the others (tests/test_families.py); the
+    """OPT quantizes, compacts and evaluates like the others (tests/test_families.py); the
     plan leaves out only its .gguf, which the export would refuse."""
-    r = family_run(tmp_path, tokenizer, "gemma2", "-n", "-p")
+    r = family_run(tmp_path, tokenizer, "opt", "-n", "-p")
     assert r.returncode == 0, r.stderr[-4000:]
     jobs = job_counts(r.stdout)
     assert jobs["quantize"] == 1 and jobs["compact"] == 1 and jobs["prune_shot"] == 4

@@ -3,12 +3,13 @@
 A file type (`Q4_K_M`, ...) is a mixture: llama.cpp's `llama_tensor_get_type` gives most weights
 the type's default block and some more bits, then falls back to a 32-weight block where a row
 is not a whole number of 256-weight super-blocks. Writing the same mixture makes our files
-comparable with llama.cpp's own at the same size. For the dense Llama architecture and the
-types written here:
+comparable with llama.cpp's own at the same size. For the dense architectures written here
+(Llama, Qwen, Gemma 2/3, Phi-3; Phi-3's fused matrices are plain matrices) and these types:
 
 * output head (or the token embedding when it is tied to it): Q8_0 if the row width is not a
   multiple of the default type's block, else Q6_K (Q8_0 files: Q8_0);
-* Q4_K_M: attn_v and ffn_down of the layers `use_more_bits` picks get Q6_K;
+* Q4_K_M: attn_v (Phi-3: its fused attn_qkv, which llama-quantize counts as attn_v) and
+  ffn_down of the layers `use_more_bits` picks get Q6_K;
 * every other weight matrix, an untied token embedding included: the default type;
 * then, for a row width that 256 does not divide, Q4_K -> Q5_0 and Q6_K -> Q8_0.
 """
@@ -18,16 +19,19 @@ from __future__ import annotations
 from .errors import SurgeonError
 
 # transformers model_type -> llama.cpp architecture of the .gguf we write (Mistral is written
-# as llama, as llama.cpp's converter does); only llama's rotary layout differs from
-# transformers'. Here, torch-free, so the workflow can plan exports from it.
+# as llama, as llama.cpp's converter does; text-only Gemma 3 as gemma3); only llama's rotary
+# layout differs from transformers'. Here, torch-free, so the workflow can plan exports from it.
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-                 "gpt2": "gpt2"}
+                 "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "gpt2": "gpt2"}
 
 # llama.cpp's LLAMA_FTYPE_MOSTLY_* numbers and the default block type of each file type
 FILE_TYPES = {"Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "Q4_K_M": 15, "Q6_K": 18}
 DEFAULT_TYPE = {"Q4_0": "Q4_0", "Q8_0": "Q8_0", "Q5_0": "Q5_0", "Q4_K_M": "Q4_K",
                 "Q6_K": "Q6_K"}
 FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
+# the Linears behind llama-quantize's attn_v-like tensors (attn_v, Phi-3's fused attn_qkv) and
+# ffn_down, which Q4_K_M gives Q6_K in the layers use_more_bits picks
+MORE_BITS_LINEARS = ("v_proj", "qkv_proj", "down_proj")
 
 
 def block_size(ggml_type: str) -> int:
@@ -71,7 +75,7 @@ def tensor_types(model, file_type: str) -> dict[str, str]:
     for name, layer in decoder_linears(model).items():
         kind, index = name.rsplit(".", 1)[-1], block_index(name)
         chosen = default
-        if file_type == "Q4_K_M" and kind in ("v_proj", "down_proj") \
+        if file_type == "Q4_K_M" and kind in MORE_BITS_LINEARS \
                 and use_more_bits(index, n_layers):
             chosen = "Q6_K"
         types[name] = with_fallback(chosen, layer.weight.shape[1])
