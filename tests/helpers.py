@@ -89,7 +89,10 @@ def family_model(family: str, seed: int = 0, attention: str | None = None):
         "gpt2": lambda: tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
                                       n_positions=1024, bos_token_id=0, eos_token_id=0),
         "mistral": lambda: tf.MistralConfig(**SMALL, tie_word_embeddings=False),
-        "qwen2": lambda: tf.Qwen2Config(**SMALL, tie_word_embeddings=False),
+        # rows past the tokenizer's ids, as Qwen2's embedding has (its tokenizer class adds
+        # <|endoftext|> to a generic vocabulary: id VOCAB)
+        "qwen2": lambda: tf.Qwen2Config(**{**SMALL, "vocab_size": VOCAB + 16},
+                                        tie_word_embeddings=False),
         "qwen3": lambda: tf.Qwen3Config(**SMALL, head_dim=8, tie_word_embeddings=False),
         # query_pre_attn_scalar = head_dim: the query scale llama.cpp's gemma computes
         "gemma2": lambda: tf.Gemma2Config(**SMALL, head_dim=16, tie_word_embeddings=True,
