@@ -2,7 +2,8 @@
 
 For each model folder (with the curvature file GPTQ reads its H from) and each llama.cpp file
 type: our GPTQ codes on llama-quantize's per-tensor types (the quantize stage with
---gguf-type), exported, and llama-quantize of the same model written as F32, without and
+--gguf-type: searched scales and shrink quantize.GPTQ_SHRINK unless --plain-scales / --shrink),
+exported, and llama-quantize of the same model written as F32, without and
 with an importance matrix (the diagonals of the same curvature's A factors: the mean squared
 input of every column over the calibration windows, what llama-imatrix computes). Columns: file
 bytes, our evaluation of the quantized weights (transformers), and llama.cpp's perplexity of
