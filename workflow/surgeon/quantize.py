@@ -337,7 +337,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, grid: Grid,
     dead = H.diagonal() <= 0  # a column that never saw an input: its value does not matter
     H[dead, dead] = 1.0
     importance = H.diagonal().clone() if search else None
-    row_power = W.square().mean(dim=1, keepdim=True)
+    row_power = W.square().mean(dim=1, keepdim=True) if search else None
     U = upper_inverse_cholesky(H, damp)
     codes = torch.zeros(R, C, dtype=torch.float64, device=W.device)
     scales = torch.zeros(R, C // g, dtype=torch.float64, device=W.device)
@@ -412,8 +412,8 @@ def quantize_model(model, method: str, grid: Grid | dict, removed: dict, curvatu
         W = layer.weight.detach().to(device)
         mask = removed[name].to(device)
         layer_grid = grid[name] if isinstance(grid, dict) else grid
-        A = None if curvature is None else \
-            read_factors(curvature, name)[0].to(device)[: W.shape[1], : W.shape[1]]
+        A = read_factors(curvature, name)[0].to(device)[: W.shape[1], : W.shape[1]] \
+            if method == "gptq" or scale_search else None  # plain RTN reads no factor
         if method == "rtn":
             q = rtn_quantize(W, layer_grid, mask,
                              importance=A.diagonal() if scale_search else None)
