@@ -10,6 +10,7 @@ from helpers import random_windows, tiny_model
 from surgeon.curvature import estimate_kfac
 from surgeon.errors import SurgeonError
 from surgeon.gguf_export import export_gguf, gguf_name, rope_permute
+from surgeon.ggml_plan import file_type_grids
 from surgeon.models import decoder_linears
 from surgeon.quantize import Grid, quantize_embeddings, quantize_model
 
@@ -366,15 +367,55 @@ def test_gpt2_exports_as_llama_cpp_reads_it(tmp_path, tokenizer):
     assert_same_logits(path, peaked_attention(model), random_windows(2, 32, seed=5))
 
 
+def test_gpt2_q4_k_m_is_llama_quantizes_plan_and_reads_back(tmp_path, tokenizer):
+    """GPT-2 at Q4_K_M: the fused attn_qkv is llama-quantize's attn_v (Q6_K in the layers
+    use_more_bits picks, of 2 the second), mlp.c_proj its ffn_down (96-wide rows: Q5_0 / Q8_0),
+    the tied embedding its output (Q6_K); gguf's reader returns our RTN weights exactly, and
+    llama-quantize, where installed, picks the same type for every tensor of our F32 file."""
+    from gguf import GGUFReader, dequantize
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from helpers import VOCAB
+    from surgeon.ggml_plan import tensor_types
+    from surgeon.models import linears_for_conv1d
+
+    torch.manual_seed(0)
+    model = linears_for_conv1d(AutoModelForCausalLM.from_config(GPT2Config(
+        vocab_size=VOCAB, n_embd=256, n_inner=96, n_layer=2, n_head=4, n_positions=1024,
+        bos_token_id=0, eos_token_id=0)).eval())
+    plan = {gguf_name(f"{n}.weight"): t for n, t in tensor_types(model, "Q4_K_M").items()}
+    assert plan["blk.0.attn_qkv.weight"] == "Q4_K" and plan["blk.1.attn_qkv.weight"] == "Q6_K"
+    assert plan["blk.0.ffn_down.weight"] == "Q5_0" and plan["blk.1.ffn_down.weight"] == "Q8_0"
+    assert plan["blk.1.attn_output.weight"] == plan["blk.1.ffn_up.weight"] == "Q4_K"
+    assert plan["token_embd.weight"] == "Q6_K"
+    path = tmp_path / "ours.gguf"
+    grids, table_grids = file_type_grids(model, "Q4_K_M")
+    removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}
+    codes = quantize_model(model, "rtn", grids, removed, progress=False)
+    export_gguf(model, tokenizer, codes, path, tables=quantize_embeddings(model, table_grids),
+                file_type="Q4_K_M")
+    tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
+    assert {n: tensors[n].tensor_type.name for n in plan} == plan
+    for name, layer in decoder_linears(model).items():
+        t = tensors[gguf_name(f"{name}.weight")]
+        got = dequantize(t.data, t.tensor_type).reshape(layer.weight.shape)
+        np.testing.assert_array_equal(got, layer.weight.detach().numpy(), err_msg=name)
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make llama-cpp)")
+    from surgeon import llamacpp
+
+    f32, theirs = tmp_path / "f32.gguf", tmp_path / "theirs.gguf"
+    export_gguf(model, tokenizer, {}, f32, tables={}, file_type="F32")
+    llamacpp.quantize(f32, theirs, "Q4_K_M", 1)
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(theirs)).tensors}
+    assert {n: types[n] for n in plan} == plan
+    assert {t for n, t in types.items() if n not in plan} == {"F32"}  # norms, biases, positions
+
+
 def test_gpt2_settings_llama_cpp_does_not_compute_are_refused(tmp_path, tokenizer):
-    """An exact GELU, and Q4_K_M (llama-quantize gives GPT-2's attn_qkv Q5_K, a block not
-    written here), are refused in one line."""
+    """An exact GELU is refused in one line."""
     from helpers import family_model
-    from surgeon.ggml_plan import file_type_grids
 
     model = family_model("gpt2")
-    with pytest.raises(SurgeonError, match="Q4_K_M for GPT-2"):
-        file_type_grids(model, "Q4_K_M")
     model.config.activation_function = "gelu"
     with pytest.raises(SurgeonError, match="activation_function=gelu: llama.cpp's gpt2"):
         q8_0_export(model, tokenizer, tmp_path / "m.gguf")
@@ -383,8 +424,6 @@ def test_gpt2_settings_llama_cpp_does_not_compute_are_refused(tmp_path, tokenize
 def q8_0_export(model, tokenizer, path):
     """`model` rounded to llama.cpp's Q8_0 file type (as the quantize stage does) and exported
     to `path`."""
-    from surgeon.ggml_plan import file_type_grids
-
     grids, table_grids = file_type_grids(model, "Q8_0")
     removed = {n: layer.weight == 0 for n, layer in decoder_linears(model).items()}
     codes = quantize_model(model, "rtn", grids, removed, progress=False)

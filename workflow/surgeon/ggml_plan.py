@@ -4,11 +4,11 @@ A file type (`Q4_K_M`, ...) is a mixture: llama.cpp's `llama_tensor_get_type` gi
 the type's default block and some more bits, then falls back to a 32-weight block where a row
 is not a whole number of 256-weight super-blocks. Writing the same mixture makes our files
 comparable with llama.cpp's own at the same size. For the dense architectures written here
-(Llama, Qwen, Gemma 2/3, Phi-3; Phi-3's fused matrices are plain matrices) and these types:
+(Llama, Qwen, Gemma 2/3, Phi-3, GPT-2; fused matrices are plain matrices) and these types:
 
 * output head (or the token embedding when it is tied to it): Q8_0 if the row width is not a
   multiple of the default type's block, else Q6_K (Q8_0 files: Q8_0);
-* Q4_K_M: attn_v (Phi-3: its fused attn_qkv, which llama-quantize counts as attn_v) and
+* Q4_K_M: attn_v (Phi-3, GPT-2: the fused attn_qkv, which llama-quantize counts as attn_v) and
   ffn_down of the layers `use_more_bits` picks get Q6_K;
 * every other weight matrix, an untied token embedding included: the default type;
 * then, for a row width that 256 does not divide, Q4_K -> Q5_0 and Q6_K -> Q8_0.
@@ -29,9 +29,9 @@ FILE_TYPES = {"Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "Q4_K_M": 15, "Q6_K": 18}
 DEFAULT_TYPE = {"Q4_0": "Q4_0", "Q8_0": "Q8_0", "Q5_0": "Q5_0", "Q4_K_M": "Q4_K",
                 "Q6_K": "Q6_K"}
 FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
-# the Linears behind llama-quantize's attn_v-like tensors (attn_v, Phi-3's fused attn_qkv) and
-# ffn_down, which Q4_K_M gives Q6_K in the layers use_more_bits picks
-MORE_BITS_LINEARS = ("v_proj", "qkv_proj", "down_proj")
+# the Linears behind llama-quantize's attn_v-like tensors (attn_v, the fused attn_qkv of Phi-3
+# and GPT-2) and ffn_down, which Q4_K_M gives Q6_K in the layers use_more_bits picks
+MORE_BITS_LINEARS = (".v_proj", ".qkv_proj", ".down_proj", ".attn.c_attn", ".mlp.c_proj")
 
 
 def block_size(ggml_type: str) -> int:
@@ -66,17 +66,13 @@ def tensor_types(model, file_type: str) -> dict[str, str]:
     if file_type not in FILE_TYPES:
         raise SurgeonError(f"unknown GGUF file type '{file_type}' "
                            f"(one of {', '.join(FILE_TYPES)})")
-    if file_type == "Q4_K_M" and model.config.model_type == "gpt2":
-        raise SurgeonError("Q4_K_M for GPT-2: llama-quantize gives its fused attn_qkv Q5_K, a "
-                           "block type not written here; use Q4_0, Q5_0, Q8_0 or Q6_K")
     default = DEFAULT_TYPE[file_type]
     n_layers = model.config.num_hidden_layers
     types = {}
     for name, layer in decoder_linears(model).items():
-        kind, index = name.rsplit(".", 1)[-1], block_index(name)
         chosen = default
-        if file_type == "Q4_K_M" and kind in MORE_BITS_LINEARS \
-                and use_more_bits(index, n_layers):
+        if file_type == "Q4_K_M" and name.endswith(MORE_BITS_LINEARS) \
+                and use_more_bits(block_index(name), n_layers):
             chosen = "Q6_K"
         types[name] = with_fallback(chosen, layer.weight.shape[1])
     tables = embedding_tables(model)
