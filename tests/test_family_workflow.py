@@ -33,14 +33,28 @@ CONFIG = {
 }
 
 
-def family_run(tmp_path, tokenizer, family, *args):
+# GPT-2 also recovers with LoRA and trains quantization-aware through the workflow (peft on
+# the Conv1D layers load_model turns into Linears), exported to .gguf after each
+GPT2_CONFIG = {
+    **CONFIG,
+    "recovery": {"windows": 4, "steps": 2},
+    "quantization": {**CONFIG["quantization"], "qat-q4_0": {"qat_from": "rtn-q4_0"}},
+    "experiments": {**CONFIG["experiments"],
+                    "surgeon": {**CONFIG["experiments"]["surgeon"], "recover": True,
+                                "quantize": ["rtn-q4_0", "qat-q4_0"]}},
+}
+
+
+def family_run(tmp_path, tokenizer, family, *args, config=None):
     """Snakemake on a saved tiny model of `family` (save_model: GPT-2's layers in Conv1D layout,
-    as a GPT-2 checkpoint holds them) with CONFIG and `args`."""
+    as a GPT-2 checkpoint holds them) with `config` (CONFIG; GPT2_CONFIG for GPT-2) and
+    `args`."""
     from surgeon.models import save_model
 
     source = tmp_path / f"tiny-{family}"
     save_model(family_model(family), tokenizer, source)
-    config = {**CONFIG, "run_name": family,
+    config = config or (GPT2_CONFIG if family == "gpt2" else CONFIG)
+    config = {**config, "run_name": family,
               "model": {"name": f"tiny-{family}", "source": str(source)}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     # targets and options first: everything after --configfile would be read as config files
@@ -54,9 +68,8 @@ def test_workflow_end_to_end(family, tmp_path, tokenizer):
     """Qwen2 (q/k/v biases), Phi-3 (fused qkv_proj / gate_up_proj), Gemma 3 (head_dim not
     hidden / heads, tied, q/k norms, sliding layers) and GPT-2 (Conv1D, fused c_attn, learned
     positions) through every rule up to the summary table and the .gguf (the figures and HTML
-    report are the same code for every family: tests/test_workflow.py). Mistral, Qwen3 and
-    Gemma 2 are left to the stage tests (tests/test_families.py) and the plan test below: each
-    whole run costs CI about 1.5 minutes."""
+    report are the same code for every family: tests/test_workflow.py); GPT-2 also recovers
+    and trains quantization-aware. Mistral, Qwen3 and Gemma 2: the leaner run below."""
     results = tmp_path / "results" / f"tiny-{family}"
     targets = [f"results/report/{family}/summary.csv",
                f"results/tiny-{family}/surgeon/zeroshot/shot-2.json"]
@@ -81,9 +94,63 @@ def test_workflow_end_to_end(family, tmp_path, tokenizer):
         float(rows["coupled/shot-1"]["ppl"]), rel=1e-4)
     assert json.loads((results / "surgeon/zeroshot/shot-2.json").read_text())[
         "tasks"]["surgeon_python"]["n"] == 4
-    arch = GGUFReader(str(results / "surgeon/quantized/rtn-q4_0/model.gguf")).fields[
-        "general.architecture"]
-    assert bytes(arch.parts[arch.data[0]]).decode() == family
+    assert gguf_architecture(results / "surgeon/quantized/rtn-q4_0/model.gguf") == family
+    if family == "gpt2":  # recovered, then quantization-aware LoRA on its Q4_0 model
+        assert {"surgeon/recovered", "surgeon/quantized-qat-q4_0"} <= set(rows)
+        assert gguf_architecture(results / "surgeon/quantized/qat-q4_0/model.gguf") == "gpt2"
+        for stage in ("recovered", "quantized/qat-q4_0"):  # LoRA steps taken, loss finite
+            losses = list(csv.DictReader((results / f"surgeon/{stage}/loss.tsv").open(),
+                                         delimiter="\t"))
+            assert len(losses) == 2 and all(0 < float(r["loss"]) < 100 for r in losses)
+        pruned, recovered, qat = (
+            load_file(results / f"surgeon/{stage}/model/model.safetensors")
+            for stage in ("shot-2", "recovered", "quantized/qat-q4_0"))
+        name = "transformer.h.0.attn.c_attn.weight"  # saved in GPT-2's Conv1D layout
+        assert recovered[name].shape == qat[name].shape == (32, 96)
+        assert not recovered[name].equal(pruned[name])  # the merged LoRA moved the weights
+        # and kept the pruned zeros at zero, through recovery and QAT
+        assert (recovered[name][pruned[name] == 0] == 0).all()
+        assert (qat[name][pruned[name] == 0] == 0).all()
+
+
+def gguf_architecture(path) -> str:
+    arch = GGUFReader(str(path)).fields["general.architecture"]
+    return bytes(arch.parts[arch.data[0]]).decode()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["mistral", "qwen3", "gemma2"])
+def test_workflow_prunes_compacts_and_exports(family, tmp_path, tokenizer):
+    """Mistral (exported as llama.cpp's llama), Qwen3 (q/k norms, head_dim not hidden/heads)
+    and Gemma 2 (tied, soft-capping, norms written +1) through every rule from the source
+    folder to LLM Surgeon's 2-shot .gguf, Wanda's masked model and the compacted coupled model
+    with its perplexity: the rules the four runs above cover, without their summary, figures
+    and zero-shot jobs (the same code for every family), so each run stays under a minute."""
+    results = tmp_path / "results" / f"tiny-{family}"
+    targets = [f"results/tiny-{family}/surgeon/quantized/rtn-q4_0/model.gguf",
+               f"results/tiny-{family}/wanda/shot-1/model",
+               f"results/tiny-{family}/coupled/eval/shot-1.json",
+               f"results/tiny-{family}/coupled/eval/compact.json"]
+    r = family_run(tmp_path, tokenizer, family, *targets)
+    assert r.returncode == 0, r.stderr[-4000:]
+    surgeon = load_file(results / "surgeon/shot-2/model/mask.safetensors")
+    assert sum(int(m.sum()) for m in surgeon.values()) == pytest.approx(
+        0.5 * sum(m.numel() for m in surgeon.values()), rel=0.01)
+    wanda = load_file(results / "wanda/shot-1/model/mask.safetensors")
+    assert {name: int(mask.sum()) for name, mask in wanda.items()} == {
+        name: layer.out_features * round(0.5 * layer.in_features)
+        for name, layer in decoder_linears(family_model(family)).items()}
+    compact = json.loads((results / "coupled/compact/model/manifest.json").read_text())
+    assert compact["compaction"]["zero_weights_left"] == 0
+    assert json.loads((results / "coupled/compact/model/config.json").read_text())[
+        "model_type"] == f"{family}-compact"
+    masked, cut = (json.loads((results / f"coupled/eval/{s}.json").read_text())["ppl"]
+                   for s in ("shot-1", "compact"))
+    assert cut == pytest.approx(masked, rel=1e-4)
+    # Mistral is written as llama.cpp's llama, as llama.cpp's own converter writes it
+    assert gguf_architecture(results / "surgeon/quantized/rtn-q4_0/model.gguf") == (
+        "llama" if family == "mistral" else family)
 
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3", "phi3"])
