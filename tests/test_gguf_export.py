@@ -271,10 +271,11 @@ def test_llama_cpp_scores_our_file_as_we_do(q4_k_m_export):
 def test_other_families_export_as_llama_cpp_reads_them(family, tmp_path, tokenizer):
     """A Llama with attention biases, Mistral (as llama.cpp's llama), Qwen2 (q/k/v biases) and
     Qwen3 (q/k norms) on Q8_0: gguf's reader returns the quantized weights in the family's
-    rotary layout (q/k weights and biases permuted for llama only), biases and norms; llama.cpp,
+    rotary layout (q/k weights and biases permuted for llama only), biases and norms;
+    transformers' GGUF loader gives back those weights and the model's logits; llama.cpp,
     where installed, gives the file the model's logits."""
     from gguf import GGUFReader, dequantize
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     from helpers import SMALL, family_model
 
@@ -308,6 +309,20 @@ def test_other_families_export_as_llama_cpp_reads_them(family, tmp_path, tokeniz
         assert "blk.0.attn_q.bias" in tensors
     if family == "qwen3":
         assert "blk.1.attn_k_norm.weight" in tensors
+    # transformers' GGUF loader: the model's weights (in transformers' layout again) and logits
+    # (Mistral comes back as a Llama: llama.cpp's architecture of the file). Settings its
+    # config mapping does not read from the file (which holds them for llama.cpp) are given:
+    # llama's attention biases, Qwen3's head_dim (qwen3.attention.key_length)
+    unread = ({"attention_bias": True} if family == "llama-bias" else
+              {"head_dim": model.config.head_dim} if family == "qwen3" else {})
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf",
+                                                  dtype=torch.float32, **unread).eval()
+    theirs = loaded.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(theirs[key], value), key
+    x = random_windows(2, 32, seed=6)
+    with torch.no_grad():
+        assert (loaded(x).logits - model(x).logits).abs().max() < 1e-4
     try:
         from surgeon import llamacpp
 
