@@ -45,16 +45,14 @@ GPT2_CONFIG = {
 }
 
 
-def family_run(tmp_path, tokenizer, family, *args, config=None):
+def family_run(tmp_path, tokenizer, family, *args):
     """Snakemake on a saved tiny model of `family` (save_model: GPT-2's layers in Conv1D layout,
-    as a GPT-2 checkpoint holds them) with `config` (CONFIG; GPT2_CONFIG for GPT-2) and
-    `args`."""
+    as a GPT-2 checkpoint holds them) with CONFIG (GPT2_CONFIG for GPT-2) and `args`."""
     from surgeon.models import save_model
 
     source = tmp_path / f"tiny-{family}"
     save_model(family_model(family), tokenizer, source)
-    config = config or (GPT2_CONFIG if family == "gpt2" else CONFIG)
-    config = {**config, "run_name": family,
+    config = {**(GPT2_CONFIG if family == "gpt2" else CONFIG), "run_name": family,
               "model": {"name": f"tiny-{family}", "source": str(source)}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     # targets and options first: everything after --configfile would be read as config files
@@ -178,10 +176,12 @@ def test_no_gguf_planned_for_a_family_llama_cpp_does_not_read_from_us(tmp_path, 
 
 
 def test_gpt2_plans_a_gguf_and_no_compressed_tensors(tmp_path, tokenizer):
-    """GPT-2 runs every stage (tests/test_families.py) and exports a .gguf; the plan leaves out
-    only its compressed-tensors folder, which the export would refuse (Conv1D layers)."""
+    """GPT-2 runs every stage (tests/test_families.py) and exports a .gguf of each quantized
+    model (RTN Q4_0 and its quantization-aware LoRA, GPT2_CONFIG); the plan leaves out only
+    their compressed-tensors folders, which the export would refuse (Conv1D layers)."""
     r = family_run(tmp_path, tokenizer, "gpt2", "-n", "-p")
     assert r.returncode == 0, r.stderr[-4000:]
     jobs = job_counts(r.stdout)
     assert jobs["quantize"] == 1 and jobs["compact"] == 1 and jobs["prune_shot"] == 4
-    assert jobs["export_gguf"] == 1 and "export_compressed_tensors" not in jobs
+    assert jobs["recover"] == 1 and jobs["qat"] == 1
+    assert jobs["export_gguf"] == 2 and "export_compressed_tensors" not in jobs
