@@ -6,6 +6,7 @@ zero-shot, report): every rule runs on the family, not only the stage functions
 
 import csv
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
@@ -59,23 +60,46 @@ def family_run(tmp_path, tokenizer, family, *args):
     return snakemake(tmp_path, *args, "--configfile", str(tmp_path / "config.yaml"))
 
 
-@pytest.mark.e2e
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["qwen2", "phi3", "gemma3", "gpt2"])
-def test_workflow_end_to_end(family, tmp_path, tokenizer):
-    """Qwen2 (q/k/v biases), Phi-3 (fused qkv_proj / gate_up_proj), Gemma 3 (head_dim not
-    hidden / heads, tied, q/k norms, sliding layers) and GPT-2 (Conv1D, fused c_attn, learned
-    positions) through every rule up to the summary table and the .gguf (the figures and HTML
-    report are the same code for every family: tests/test_workflow.py); GPT-2 also recovers
-    and trains quantization-aware. Mistral, Qwen3 and Gemma 2: the leaner run below."""
-    results = tmp_path / "results" / f"tiny-{family}"
-    targets = [f"results/report/{family}/summary.csv",
-               f"results/tiny-{family}/surgeon/zeroshot/shot-2.json"]
-    r = family_run(tmp_path, tokenizer, family, *targets)
-    assert r.returncode == 0, r.stderr[-4000:]
-    rows = {row["experiment"] + "/" + row["stage"]: row for row in
-            csv.DictReader((tmp_path / f"results/report/{family}/summary.csv").open())}
-    assert float(rows["surgeon/shot-2"]["sparsity"]) == pytest.approx(0.5, abs=0.01)
+# Families whose run stops at the artifacts below (the summary, figures and zero-shot jobs are
+# the same code for every family; GPT-2's run and tests/test_workflow.py's Llama run them)
+LEAN = ["qwen2", "phi3", "gemma3", "mistral", "qwen3", "gemma2"]
+
+
+def lean_targets(family):
+    return [f"results/tiny-{family}/surgeon/quantized/rtn-q4_0/model.gguf",
+            f"results/tiny-{family}/wanda/shot-1/model",
+            f"results/tiny-{family}/coupled/eval/shot-1.json",
+            f"results/tiny-{family}/coupled/eval/compact.json"]
+
+
+@pytest.fixture(scope="module")
+def family_runs(request, tmp_path_factory, tokenizer):
+    """(workdir, CompletedProcess) of the workflow run of every family the session's tests of
+    this module ask for, two runs at a time: a run is a chain of short jobs, each mostly the
+    ~6 s of torch and transformers imports on one core, so one run alone leaves the second
+    core idle most of the time."""
+    wanted = {item.callspec.params["family"] for item in request.session.items
+              if item.module is request.module and "family_runs" in item.fixturenames}
+    targets = {f: lean_targets(f) for f in LEAN if f in wanted}
+    if "gpt2" in wanted:
+        targets["gpt2"] = [*lean_targets("gpt2"), "results/report/gpt2/summary.csv",
+                           "results/tiny-gpt2/surgeon/zeroshot/shot-2.json"]
+
+    def run(family):
+        workdir = tmp_path_factory.mktemp(f"workflow-{family}")
+        return family, (workdir, family_run(workdir, tokenizer, family, *targets[family]))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run, targets))
+
+
+def check_pruned_compacted_exported(results, family, architecture):
+    """LLM Surgeon's 2 shots at 50%, Wanda's count per row, the compacted coupled model (no
+    zero left, the family's -compact type, the masked model's perplexity) and the .gguf's
+    llama.cpp architecture."""
+    surgeon = load_file(results / "surgeon/shot-2/model/mask.safetensors")
+    assert sum(int(m.sum()) for m in surgeon.values()) == pytest.approx(
+        0.5 * sum(m.numel() for m in surgeon.values()), rel=0.01)
     # Wanda: round(C / 2) of every row of [W | b] (C = its columns), not 50% of all decoder
     # parameters: a row of 33 loses 16 (tiny GPT-2's biases are 2% of its Linears)
     saved = load_file(results / "wanda/shot-1/model/mask.safetensors")
@@ -85,30 +109,13 @@ def test_workflow_end_to_end(family, tmp_path, tokenizer):
         name: out * round(0.5 * columns) for name, (out, columns) in per_row.items()}
     compact = json.loads((results / "coupled/compact/model/manifest.json").read_text())
     assert compact["compaction"]["zero_weights_left"] == 0
-    model_type = json.loads((tmp_path / f"tiny-{family}/config.json").read_text())["model_type"]
+    model_type = family_model(family).config.model_type
     assert json.loads((results / "coupled/compact/model/config.json").read_text())[
         "model_type"] == f"{model_type}-compact"
-    assert float(rows["coupled/compact"]["ppl"]) == pytest.approx(
-        float(rows["coupled/shot-1"]["ppl"]), rel=1e-4)
-    assert json.loads((results / "surgeon/zeroshot/shot-2.json").read_text())[
-        "tasks"]["surgeon_python"]["n"] == 4
-    assert gguf_architecture(results / "surgeon/quantized/rtn-q4_0/model.gguf") == family
-    if family == "gpt2":  # recovered, then quantization-aware LoRA on its Q4_0 model
-        assert {"surgeon/recovered", "surgeon/quantized-qat-q4_0"} <= set(rows)
-        assert gguf_architecture(results / "surgeon/quantized/qat-q4_0/model.gguf") == "gpt2"
-        for stage in ("recovered", "quantized/qat-q4_0"):  # LoRA steps taken, loss finite
-            losses = list(csv.DictReader((results / f"surgeon/{stage}/loss.tsv").open(),
-                                         delimiter="\t"))
-            assert len(losses) == 2 and all(0 < float(r["loss"]) < 100 for r in losses)
-        pruned, recovered, qat = (
-            load_file(results / f"surgeon/{stage}/model/model.safetensors")
-            for stage in ("shot-2", "recovered", "quantized/qat-q4_0"))
-        name = "transformer.h.0.attn.c_attn.weight"  # saved in GPT-2's Conv1D layout
-        assert recovered[name].shape == qat[name].shape == (32, 96)
-        assert not recovered[name].equal(pruned[name])  # the merged LoRA moved the weights
-        # and kept the pruned zeros at zero, through recovery and QAT
-        assert (recovered[name][pruned[name] == 0] == 0).all()
-        assert (qat[name][pruned[name] == 0] == 0).all()
+    masked, cut = (json.loads((results / f"coupled/eval/{s}.json").read_text())["ppl"]
+                   for s in ("shot-1", "compact"))
+    assert cut == pytest.approx(masked, rel=1e-4)
+    assert gguf_architecture(results / "surgeon/quantized/rtn-q4_0/model.gguf") == architecture
 
 
 def gguf_architecture(path) -> str:
@@ -118,37 +125,53 @@ def gguf_architecture(path) -> str:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["mistral", "qwen3", "gemma2"])
-def test_workflow_prunes_compacts_and_exports(family, tmp_path, tokenizer):
-    """Mistral (exported as llama.cpp's llama), Qwen3 (q/k norms, head_dim not hidden/heads)
-    and Gemma 2 (tied, soft-capping, norms written +1) through every rule from the source
-    folder to LLM Surgeon's 2-shot .gguf, Wanda's masked model and the compacted coupled model
-    with its perplexity: the rules the four runs above cover, without their summary, figures
-    and zero-shot jobs (the same code for every family), so each run stays under a minute."""
-    results = tmp_path / "results" / f"tiny-{family}"
-    targets = [f"results/tiny-{family}/surgeon/quantized/rtn-q4_0/model.gguf",
-               f"results/tiny-{family}/wanda/shot-1/model",
-               f"results/tiny-{family}/coupled/eval/shot-1.json",
-               f"results/tiny-{family}/coupled/eval/compact.json"]
-    r = family_run(tmp_path, tokenizer, family, *targets)
+@pytest.mark.parametrize("family", LEAN)
+def test_workflow_prunes_compacts_and_exports(family, family_runs):
+    """Qwen2 (q/k/v biases), Phi-3 (fused qkv_proj / gate_up_proj), Gemma 3 (head_dim not
+    hidden / heads, tied, q/k norms, sliding layers), Mistral (exported as llama.cpp's llama),
+    Qwen3 (q/k norms) and Gemma 2 (tied, soft-capping, norms written +1) through every rule
+    from the source folder to LLM Surgeon's 2-shot .gguf, Wanda's masked model and the
+    compacted coupled model with its perplexity."""
+    workdir, r = family_runs[family]
     assert r.returncode == 0, r.stderr[-4000:]
-    surgeon = load_file(results / "surgeon/shot-2/model/mask.safetensors")
-    assert sum(int(m.sum()) for m in surgeon.values()) == pytest.approx(
-        0.5 * sum(m.numel() for m in surgeon.values()), rel=0.01)
-    wanda = load_file(results / "wanda/shot-1/model/mask.safetensors")
-    assert {name: int(mask.sum()) for name, mask in wanda.items()} == {
-        name: layer.out_features * round(0.5 * layer.in_features)
-        for name, layer in decoder_linears(family_model(family)).items()}
-    compact = json.loads((results / "coupled/compact/model/manifest.json").read_text())
-    assert compact["compaction"]["zero_weights_left"] == 0
-    assert json.loads((results / "coupled/compact/model/config.json").read_text())[
-        "model_type"] == f"{family}-compact"
-    masked, cut = (json.loads((results / f"coupled/eval/{s}.json").read_text())["ppl"]
-                   for s in ("shot-1", "compact"))
-    assert cut == pytest.approx(masked, rel=1e-4)
-    # Mistral is written as llama.cpp's llama, as llama.cpp's own converter writes it
-    assert gguf_architecture(results / "surgeon/quantized/rtn-q4_0/model.gguf") == (
-        "llama" if family == "mistral" else family)
+    check_pruned_compacted_exported(workdir / "results" / f"tiny-{family}", family,
+                                    "llama" if family == "mistral" else family)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt2"])
+def test_gpt2_workflow_end_to_end(family, family_runs):
+    """GPT-2 (Conv1D, fused c_attn, biases, learned positions) through every rule up to the
+    summary table and zero-shot (the figures and HTML report: tests/test_workflow.py), with
+    LoRA recovery and quantization-aware LoRA on its Q4_0 model (peft on the Conv1D layers
+    load_model turns into Linears), each exported to .gguf."""
+    workdir, r = family_runs[family]
+    assert r.returncode == 0, r.stderr[-4000:]
+    results = workdir / "results" / "tiny-gpt2"
+    check_pruned_compacted_exported(results, "gpt2", "gpt2")
+    rows = {row["experiment"] + "/" + row["stage"]: row for row in
+            csv.DictReader((workdir / "results/report/gpt2/summary.csv").open())}
+    assert float(rows["surgeon/shot-2"]["sparsity"]) == pytest.approx(0.5, abs=0.01)
+    assert float(rows["coupled/compact"]["ppl"]) == pytest.approx(
+        float(rows["coupled/shot-1"]["ppl"]), rel=1e-4)
+    assert json.loads((results / "surgeon/zeroshot/shot-2.json").read_text())[
+        "tasks"]["surgeon_python"]["n"] == 4
+    assert {"surgeon/recovered", "surgeon/quantized-qat-q4_0"} <= set(rows)
+    assert gguf_architecture(results / "surgeon/quantized/qat-q4_0/model.gguf") == "gpt2"
+    for stage in ("recovered", "quantized/qat-q4_0"):  # LoRA steps taken, loss finite
+        losses = list(csv.DictReader((results / f"surgeon/{stage}/loss.tsv").open(),
+                                     delimiter="\t"))
+        assert len(losses) == 2 and all(0 < float(r["loss"]) < 100 for r in losses)
+    pruned, recovered, qat = (
+        load_file(results / f"surgeon/{stage}/model/model.safetensors")
+        for stage in ("shot-2", "recovered", "quantized/qat-q4_0"))
+    name = "transformer.h.0.attn.c_attn.weight"  # saved in GPT-2's Conv1D layout
+    assert recovered[name].shape == qat[name].shape == (32, 96)
+    assert not recovered[name].equal(pruned[name])  # the merged LoRA moved the weights
+    # and kept the pruned zeros at zero, through recovery and QAT
+    assert (recovered[name][pruned[name] == 0] == 0).all()
+    assert (qat[name][pruned[name] == 0] == 0).all()
 
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3", "phi3"])
