@@ -109,6 +109,16 @@ def test_unsupported_architectures_are_refused_in_one_line():
         check_architecture(family_model(family))  # supported (GPT-2 with its Conv1D as Linears)
 
 
+def test_the_workflow_knows_which_families_compact():
+    """The torch-free list the workflow checks `compact: true` against (surgeon.families) is
+    compaction's own."""
+    from surgeon.compact_models import COMPACT
+    from surgeon.families import COMPACT_MODEL_TYPES
+
+    assert set(COMPACT_MODEL_TYPES) == set(COMPACT)
+    assert {family_model(f).config.model_type for f in COMPACTABLE} == set(COMPACT)
+
+
 @pytest.mark.parametrize("family", COMPACTABLE)
 def test_coupled_heads_and_channels_then_compaction(family, tmp_path):
     """Whole kv groups and MLP channels, 20% of the decoder parameters (biases included), then

@@ -46,14 +46,16 @@ GPT2_CONFIG = {
 }
 
 
-def family_run(tmp_path, tokenizer, family, *args):
+def family_run(tmp_path, tokenizer, family, *args, config=None):
     """Snakemake on a saved tiny model of `family` (save_model: GPT-2's layers in Conv1D layout,
-    as a GPT-2 checkpoint holds them) with CONFIG (GPT2_CONFIG for GPT-2) and `args`."""
+    as a GPT-2 checkpoint holds them) with `config` (default CONFIG, GPT2_CONFIG for GPT-2)
+    and `args`."""
     from surgeon.models import save_model
 
     source = tmp_path / f"tiny-{family}"
     save_model(family_model(family), tokenizer, source)
-    config = {**(GPT2_CONFIG if family == "gpt2" else CONFIG), "run_name": family,
+    config = config or (GPT2_CONFIG if family == "gpt2" else CONFIG)
+    config = {**config, "run_name": family,
               "model": {"name": f"tiny-{family}", "source": str(source)}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     # targets and options first: everything after --configfile would be read as config files
@@ -187,13 +189,23 @@ def test_gemma_and_phi3_plan_a_gguf(family, tmp_path, tokenizer):
     assert jobs["export_compressed_tensors"] == 1
 
 
-def test_no_gguf_planned_for_a_family_llama_cpp_does_not_read_from_us(tmp_path, tokenizer):
-    """OPT quantizes, compacts and evaluates like the others (tests/test_families.py); the
-    plan leaves out only its .gguf, which the export would refuse."""
+def test_opt_plans_no_gguf_and_refuses_compaction_at_start(tmp_path, tokenizer):
+    """OPT quantizes and evaluates like the others (tests/test_families.py); the plan leaves
+    out its .gguf, which the export would refuse, and `compact: true` is refused before any
+    job runs (compaction has no OPT classes), in one line naming the key, not when the
+    compact job is reached."""
     r = family_run(tmp_path, tokenizer, "opt", "-n", "-p")
+    assert r.returncode != 0
+    assert ("experiments.coupled.compact: compaction supports llama, mistral, qwen2, qwen3, "
+            "gemma2, gemma3_text, phi3, gpt2 models, not opt") in r.stdout + r.stderr
+    assert not (tmp_path / "results").exists()
+    experiments = {**CONFIG["experiments"],
+                   "coupled": {**CONFIG["experiments"]["coupled"], "compact": False}}
+    r = family_run(tmp_path, tokenizer, "opt", "-n", "-p",
+                   config={**CONFIG, "experiments": experiments})
     assert r.returncode == 0, r.stderr[-4000:]
     jobs = job_counts(r.stdout)
-    assert jobs["quantize"] == 1 and jobs["compact"] == 1 and jobs["prune_shot"] == 4
+    assert jobs["quantize"] == 1 and jobs["prune_shot"] == 4 and "compact" not in jobs
     assert "export_gguf" not in jobs and "model.gguf" not in r.stdout
     assert jobs["export_compressed_tensors"] == 1
 

@@ -10,7 +10,7 @@ from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
 from surgeon.config_errors import cause, explain, normalise
-from surgeon.families import CONV1D_MODEL_TYPES
+from surgeon.families import COMPACT_MODEL_TYPES, CONV1D_MODEL_TYPES
 from surgeon.ggml_plan import ARCHITECTURES as GGUF_ARCHITECTURES
 from surgeon.methods import METHODS, damping_g_default
 
@@ -249,6 +249,24 @@ def source_model_type(source):
 
 
 SOURCE_MODEL_TYPE = source_model_type(config["model"]["source"])
+
+
+def check_compaction():
+    """`compact: true` only for a family compaction can cut, known from the source's
+    config.json (a hub id or .gguf is checked by the compact stage itself)."""
+    family = (SOURCE_MODEL_TYPE or "").removesuffix("-compact")
+    if not family or family in COMPACT_MODEL_TYPES:
+        return
+    for name, exp in config["experiments"].items():
+        if exp.get("compact"):
+            raise ValueError(
+                f"experiments.{name}.compact: compaction supports"
+                f" {', '.join(COMPACT_MODEL_TYPES)} models, not {SOURCE_MODEL_TYPE}"
+                " (the source's model_type); set compact: false"
+            )
+
+
+check_compaction()
 
 
 def quantization_exports(name, quant, model=MODEL):

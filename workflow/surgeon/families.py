@@ -5,3 +5,8 @@ plans its outputs from it (as from ggml_plan.ARCHITECTURES)."""
 # here): transformers' compressed-tensors loader quantizes nn.Linear modules only, so a
 # compressed-tensors folder of one would load with those layers randomly initialised
 CONV1D_MODEL_TYPES = ("gpt2", "gpt2-compact")
+
+# dense model_types whose heads and MLP channels compaction cuts out (compact_models.COMPACT;
+# a compacted model, "<type>-compact", compacts again)
+COMPACT_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3",
+                       "gpt2")
