@@ -46,6 +46,11 @@ GPT2_CONFIG = {
 }
 
 
+# OPT: the coupled units without compaction, which has no OPT classes (refused at start)
+OPT_CONFIG = {**CONFIG, "experiments": {
+    **CONFIG["experiments"], "coupled": {**CONFIG["experiments"]["coupled"], "compact": False}}}
+
+
 def family_run(tmp_path, tokenizer, family, *args, config=None):
     """Snakemake on a saved tiny model of `family` (save_model: GPT-2's layers in Conv1D layout,
     as a GPT-2 checkpoint holds them) with `config` (default CONFIG, GPT2_CONFIG for GPT-2)
@@ -86,10 +91,16 @@ def family_runs(request, tmp_path_factory, tokenizer):
     if "gpt2" in wanted:
         targets["gpt2"] = [*lean_targets("gpt2"), "results/report/gpt2/summary.csv",
                            "results/tiny-gpt2/surgeon/zeroshot/shot-2.json"]
+    if "opt" in wanted:  # no .gguf (llama.cpp does not read OPT from us), no compaction
+        targets["opt"] = ["results/tiny-opt/surgeon/quantized/rtn-q4_0/compressed-tensors",
+                          "results/tiny-opt/wanda/shot-1/model",
+                          "results/tiny-opt/coupled/eval/shot-1.json"]
 
     def run(family):
         workdir = tmp_path_factory.mktemp(f"workflow-{family}")
-        return family, (workdir, family_run(workdir, tokenizer, family, *targets[family]))
+        config = OPT_CONFIG if family == "opt" else None
+        return family, (workdir, family_run(workdir, tokenizer, family, *targets[family],
+                                            config=config))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(pool.map(run, targets))
@@ -138,6 +149,30 @@ def test_workflow_prunes_compacts_and_exports(family, family_runs):
     assert r.returncode == 0, r.stderr[-4000:]
     check_pruned_compacted_exported(workdir / "results" / f"tiny-{family}", family,
                                     "llama" if family == "mistral" else family)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["opt"])
+def test_opt_workflow_prunes_quantizes_and_exports(family, family_runs):
+    """OPT (biases, learned positions, its own decoder layout) from the source folder through
+    LLM Surgeon's 2 shots, RTN Q4_0 and its compressed-tensors folder, Wanda and the coupled
+    units with their perplexity (no .gguf, no compaction: both refused for OPT)."""
+    workdir, r = family_runs[family]
+    assert r.returncode == 0, r.stderr[-4000:]
+    results = workdir / "results" / "tiny-opt"
+    surgeon = load_file(results / "surgeon/shot-2/model/mask.safetensors")
+    assert sum(int(m.sum()) for m in surgeon.values()) == pytest.approx(
+        0.5 * sum(m.numel() for m in surgeon.values()), rel=0.01)
+    saved = load_file(results / "wanda/shot-1/model/mask.safetensors")
+    assert {name: int(mask.sum()) for name, mask in saved.items()} == {
+        name: layer.out_features * round(0.5 * (layer.in_features + (layer.bias is not None)))
+        for name, layer in decoder_linears(family_model(family)).items()}
+    folder = results / "surgeon/quantized/rtn-q4_0/compressed-tensors"
+    assert "quantization_config" in json.loads((folder / "config.json").read_text())
+    coupled = json.loads((results / "coupled/eval/shot-1.json").read_text())
+    assert 1 < coupled["ppl"] < 1e4 and 0.19 < coupled["sparsity"] < 0.3
+    assert not (results / "surgeon/quantized/rtn-q4_0/model.gguf").exists()
 
 
 @pytest.mark.e2e
@@ -199,10 +234,7 @@ def test_opt_plans_no_gguf_and_refuses_compaction_at_start(tmp_path, tokenizer):
     assert ("experiments.coupled.compact: compaction supports llama, mistral, qwen2, qwen3, "
             "gemma2, gemma3_text, phi3, gpt2 models, not opt") in r.stdout + r.stderr
     assert not (tmp_path / "results").exists()
-    experiments = {**CONFIG["experiments"],
-                   "coupled": {**CONFIG["experiments"]["coupled"], "compact": False}}
-    r = family_run(tmp_path, tokenizer, "opt", "-n", "-p",
-                   config={**CONFIG, "experiments": experiments})
+    r = family_run(tmp_path, tokenizer, "opt", "-n", "-p", config=OPT_CONFIG)
     assert r.returncode == 0, r.stderr[-4000:]
     jobs = job_counts(r.stdout)
     assert jobs["quantize"] == 1 and jobs["prune_shot"] == 4 and "compact" not in jobs
