@@ -51,15 +51,19 @@ OPT_CONFIG = {**CONFIG, "experiments": {
     **CONFIG["experiments"], "coupled": {**CONFIG["experiments"]["coupled"], "compact": False}}}
 
 
+# the config a family's run uses unless a test gives its own: CONFIG for the others
+FAMILY_CONFIGS = {"gpt2": GPT2_CONFIG, "opt": OPT_CONFIG}
+
+
 def family_run(tmp_path, tokenizer, family, *args, config=None):
     """Snakemake on a saved tiny model of `family` (save_model: GPT-2's layers in Conv1D layout,
-    as a GPT-2 checkpoint holds them) with `config` (default CONFIG, GPT2_CONFIG for GPT-2)
+    as a GPT-2 checkpoint holds them) with `config` (default: the family's of FAMILY_CONFIGS)
     and `args`."""
     from surgeon.models import save_model
 
     source = tmp_path / f"tiny-{family}"
     save_model(family_model(family), tokenizer, source)
-    config = config or (GPT2_CONFIG if family == "gpt2" else CONFIG)
+    config = config or FAMILY_CONFIGS.get(family, CONFIG)
     config = {**config, "run_name": family,
               "model": {"name": f"tiny-{family}", "source": str(source)}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -98,18 +102,14 @@ def family_runs(request, tmp_path_factory, tokenizer):
 
     def run(family):
         workdir = tmp_path_factory.mktemp(f"workflow-{family}")
-        config = OPT_CONFIG if family == "opt" else None
-        return family, (workdir, family_run(workdir, tokenizer, family, *targets[family],
-                                            config=config))
+        return family, (workdir, family_run(workdir, tokenizer, family, *targets[family]))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(pool.map(run, targets))
 
 
-def check_pruned_compacted_exported(results, family, architecture):
-    """LLM Surgeon's 2 shots at 50%, Wanda's count per row, the compacted coupled model (no
-    zero left, the family's -compact type, the masked model's perplexity) and the .gguf's
-    llama.cpp architecture."""
+def check_pruned(results, family):
+    """LLM Surgeon's 2 shots at 50% and Wanda's count per row."""
     surgeon = load_file(results / "surgeon/shot-2/model/mask.safetensors")
     assert sum(int(m.sum()) for m in surgeon.values()) == pytest.approx(
         0.5 * sum(m.numel() for m in surgeon.values()), rel=0.01)
@@ -120,6 +120,12 @@ def check_pruned_compacted_exported(results, family, architecture):
                for name, layer in decoder_linears(family_model(family)).items()}
     assert {name: int(mask.sum()) for name, mask in saved.items()} == {
         name: out * round(0.5 * columns) for name, (out, columns) in per_row.items()}
+
+
+def check_pruned_compacted_exported(results, family, architecture):
+    """check_pruned, the compacted coupled model (no zero left, the family's -compact type,
+    the masked model's perplexity) and the .gguf's llama.cpp architecture."""
+    check_pruned(results, family)
     compact = json.loads((results / "coupled/compact/model/manifest.json").read_text())
     assert compact["compaction"]["zero_weights_left"] == 0
     model_type = family_model(family).config.model_type
@@ -161,13 +167,7 @@ def test_opt_workflow_prunes_quantizes_and_exports(family, family_runs):
     workdir, r = family_runs[family]
     assert r.returncode == 0, r.stderr[-4000:]
     results = workdir / "results" / "tiny-opt"
-    surgeon = load_file(results / "surgeon/shot-2/model/mask.safetensors")
-    assert sum(int(m.sum()) for m in surgeon.values()) == pytest.approx(
-        0.5 * sum(m.numel() for m in surgeon.values()), rel=0.01)
-    saved = load_file(results / "wanda/shot-1/model/mask.safetensors")
-    assert {name: int(mask.sum()) for name, mask in saved.items()} == {
-        name: layer.out_features * round(0.5 * (layer.in_features + (layer.bias is not None)))
-        for name, layer in decoder_linears(family_model(family)).items()}
+    check_pruned(results, "opt")
     folder = results / "surgeon/quantized/rtn-q4_0/compressed-tensors"
     assert "quantization_config" in json.loads((folder / "config.json").read_text())
     coupled = json.loads((results / "coupled/eval/shot-1.json").read_text())
@@ -229,12 +229,12 @@ def test_opt_plans_no_gguf_and_refuses_compaction_at_start(tmp_path, tokenizer):
     out its .gguf, which the export would refuse, and `compact: true` is refused before any
     job runs (compaction has no OPT classes), in one line naming the key, not when the
     compact job is reached."""
-    r = family_run(tmp_path, tokenizer, "opt", "-n", "-p")
+    r = family_run(tmp_path, tokenizer, "opt", "-n", "-p", config=CONFIG)
     assert r.returncode != 0
     assert ("experiments.coupled.compact: compaction supports llama, mistral, qwen2, qwen3, "
             "gemma2, gemma3_text, phi3, gpt2 models, not opt") in r.stdout + r.stderr
     assert not (tmp_path / "results").exists()
-    r = family_run(tmp_path, tokenizer, "opt", "-n", "-p", config=OPT_CONFIG)
+    r = family_run(tmp_path, tokenizer, "opt", "-n", "-p")
     assert r.returncode == 0, r.stderr[-4000:]
     jobs = job_counts(r.stdout)
     assert jobs["quantize"] == 1 and jobs["prune_shot"] == 4 and "compact" not in jobs
