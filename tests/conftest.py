@@ -14,6 +14,12 @@ SLOW_MODULES = {"test_recover.py", "test_zeroshot.py", "test_distill.py", "test_
                 "test_gguf_export.py", "test_ct_export.py", "test_lora.py", "test_cli.py"}
 
 
+def pytest_sessionfinish(session, exitstatus):
+    import forkserver
+
+    forkserver.stop()
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         name = item.path.name

@@ -181,14 +181,30 @@ def removed_so_far(model, tmp_path):
     return load_mask(tmp_path / "none", decoder_weights(model))
 
 
+def workflow_env() -> dict:
+    """The environment of the tests' Snakemake runs: offline, and rules calling `surgeon` find
+    the test interpreter's (its bin folder first on PATH, as in `make run`), served by the
+    tests' fork server (tests/forkserver.py) when it runs."""
+    import tempfile
+
+    import forkserver
+
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": path}
+    served = forkserver.start(Path(tempfile.gettempdir()) / f"surgeon-forkserver-{os.getpid()}",
+                              env)
+    if served:
+        env["PATH"] = f"{served['bin']}{os.pathsep}{path}"
+        env[forkserver.SOCKET_VAR] = served[forkserver.SOCKET_VAR]
+    return env
+
+
 def snakemake(workdir, *args):
     """Run the repository's Snakefile in `workdir` (2 cores, offline); the CompletedProcess."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(workdir), "--cores", "2", *args]
-    # rules call `surgeon`: the test interpreter's bin folder comes first, as in `make run`
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": path}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    return subprocess.run(cmd, capture_output=True, text=True, env=workflow_env(),
+                          timeout=1200)
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:

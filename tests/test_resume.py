@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import REPO, snakemake, tiny_config
+from helpers import REPO, snakemake, tiny_config, workflow_env
 
 WINDOWS, EVERY = 100, 10  # a checkpoint every 10 windows: the kill lands mid-curvature
 TARGETS = ["results/tiny/dense/eval/dense.json", "results/tiny/two-shot/eval/shot-2.json",
@@ -118,13 +118,11 @@ def reference(tmp_path_factory, llama_dir):
 
 def start_killable(work: Path, log: Path) -> subprocess.Popen:
     """The same run in its own process group, one job at a time, output to `log`."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(work), "--cores", "1", *TARGETS, "--configfile",
            str(work / "config.yaml")]
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PATH": path},
-                            start_new_session=True)
+                            env=workflow_env(), start_new_session=True)
 
 
 def sigkill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 600) -> None:
