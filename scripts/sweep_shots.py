@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -291,6 +292,9 @@ def main():
     k, n = (int(x) for x in args.worker.split("/"))
     runs = runs[k::n]
     ppl_dense = None
+    # a killed worker (kill, a session's end) still removes its scratch curvature files, which
+    # live in /dev/shm, i.e. in memory: SIGTERM unwinds like Ctrl-C instead of exiting at once
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as d:
         for run in runs:
             key = run_key(run)
