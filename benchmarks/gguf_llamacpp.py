@@ -38,13 +38,13 @@ DATA = Path("results/smollm2-135m/data")
 
 
 def ours(folder, curvature, file_type, out: Path, windows, threads, scale_search=True,
-         shrink=0.0) -> dict:
+         shrink=0.0, damp=0.01) -> dict:
     """GPTQ on llama-quantize's types, exported; our and llama.cpp's perplexities."""
     model, tokenizer = load_model(folder, "cpu"), load_tokenizer(folder)
     removed = weight_columns(load_mask(folder, decoder_weights(model)), model)
     grids, table_grids = file_type_grids(model, file_type)
     with open_curvature(curvature) as f:
-        codes = quantize_model(model, "gptq", grids, removed, f, progress=False,
+        codes = quantize_model(model, "gptq", grids, removed, f, damp=damp, progress=False,
                                scale_search=scale_search, shrink=shrink)
     tables = quantize_embeddings(model, table_grids)
     export_gguf(model, tokenizer, codes, out, tables=tables, file_type=file_type)
@@ -72,6 +72,7 @@ def main():
     p.add_argument("--windows", type=int, default=0, help="first N windows of each (0 = all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--shrink", type=float, default=GPTQ_SHRINK, help="GPTQ's shrink of H")
+    p.add_argument("--damp", type=float, default=0.01, help="GPTQ's damping of H")
     p.add_argument("--plain-scales", action="store_true",
                    help="our Q4_0 / Q5_0 scales from the largest weight, not searched")
     p.add_argument("--out", default="", help="JSON of the rows (default: print only)")
@@ -97,9 +98,10 @@ def main():
             for file_type in args.types:
                 start = time.time()
                 row = ours(folder, curvature, file_type, tmp / "ours.gguf", windows,
-                           args.threads, not args.plain_scales, args.shrink)
+                           args.threads, not args.plain_scales, args.shrink, args.damp)
                 rows.append({"model": folder, "type": file_type, "by": "ours (GPTQ)",
                              "scale_search": not args.plain_scales, "shrink": args.shrink,
+                             "damp": args.damp,
                              "seconds": round(time.time() - start), **row})
                 row = theirs(f32, file_type, tmp / "theirs.gguf", windows, args.threads)
                 rows.append({"model": folder, "type": file_type, "by": "llama-quantize", **row})
