@@ -32,13 +32,13 @@ from surgeon.gguf_export import export_gguf, gguf_name
 from surgeon.masks import load_mask, weight_columns
 from surgeon.models import load_model, load_tokenizer
 from surgeon.prune import decoder_weights
-from surgeon.quantize import GPTQ_SHRINK, quantize_embeddings, quantize_model
+from surgeon.quantize import GPTQ_DAMP, GPTQ_SHRINK, quantize_embeddings, quantize_model
 
 DATA = Path("results/smollm2-135m/data")
 
 
 def ours(folder, curvature, file_type, out: Path, windows, threads, scale_search=True,
-         shrink=0.0, damp=0.01) -> dict:
+         shrink=0.0, damp=GPTQ_DAMP) -> dict:
     """GPTQ on llama-quantize's types, exported; our and llama.cpp's perplexities."""
     model, tokenizer = load_model(folder, "cpu"), load_tokenizer(folder)
     removed = weight_columns(load_mask(folder, decoder_weights(model)), model)
@@ -72,7 +72,7 @@ def main():
     p.add_argument("--windows", type=int, default=0, help="first N windows of each (0 = all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--shrink", type=float, default=GPTQ_SHRINK, help="GPTQ's shrink of H")
-    p.add_argument("--damp", type=float, default=0.01, help="GPTQ's damping of H")
+    p.add_argument("--damp", type=float, default=GPTQ_DAMP, help="GPTQ's damping of H")
     p.add_argument("--plain-scales", action="store_true",
                    help="our Q4_0 / Q5_0 scales from the largest weight, not searched")
     p.add_argument("--out", default="", help="JSON of the rows (default: print only)")

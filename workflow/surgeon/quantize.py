@@ -36,6 +36,11 @@ from .errors import SurgeonError
 from .linalg import upper_inverse_cholesky
 
 
+# GPTQ's relative damping of H = A (the schema's `damp`; the CLI repeats it: its parser
+# must not import this module's torch)
+GPTQ_DAMP = 0.01
+
+
 @dataclass(frozen=True)
 class Grid:
     bits: int = 4
@@ -312,7 +317,7 @@ def rtn_quantize(W: torch.Tensor, grid: Grid, removed: torch.Tensor | None = Non
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, grid: Grid,
-                  removed: torch.Tensor | None = None, damp: float = 0.01,
+                  removed: torch.Tensor | None = None, damp: float = GPTQ_DAMP,
                   blocksize: int = 128, search: bool = False, shrink: float = 0.0) -> Quantized:
     """GPTQ of W (R x C) with Hessian H (C x C); `removed` weights stay exactly zero. On a
     K-quant grid a super-block's (D, Dmin) is set when the sweep reaches its first column, from
@@ -386,7 +391,7 @@ def bits_per_weight(grid: Grid) -> float:
 
 
 def quantize_model(model, method: str, grid: Grid | dict, removed: dict, curvature=None,
-                   damp: float = 0.01, device: str = "cpu", progress: bool = True,
+                   damp: float = GPTQ_DAMP, device: str = "cpu", progress: bool = True,
                    scale_search: bool = False, shrink: float = 0.0) -> dict:
     """Quantize every decoder Linear in place (weights become the dequantized values).
 
