@@ -38,11 +38,15 @@ DATA = Path("results/smollm2-135m/data")
 
 
 def ours(folder, curvature, file_type, out: Path, windows, threads, scale_search=True,
-         shrink=0.0, damp=GPTQ_DAMP) -> dict:
-    """GPTQ on llama-quantize's types, exported; our and llama.cpp's perplexities."""
+         shrink=0.0, damp=GPTQ_DAMP, wide=None) -> dict:
+    """GPTQ on llama-quantize's types, exported; our and llama.cpp's perplexities. `wide`:
+    (shrink, damp) instead for the tensors of 5 bits and more (Q5_0, Q6_K, Q8_0)."""
     model, tokenizer = load_model(folder, "cpu"), load_tokenizer(folder)
     removed = weight_columns(load_mask(folder, decoder_weights(model)), model)
     grids, table_grids = file_type_grids(model, file_type)
+    if wide is not None:
+        shrink, damp = ({n: w if g.bits >= 5 else v for n, g in grids.items()}
+                        for v, w in zip((shrink, damp), wide))
     with open_curvature(curvature) as f:
         codes = quantize_model(model, "gptq", grids, removed, f, damp=damp, progress=False,
                                scale_search=scale_search, shrink=shrink)
@@ -73,6 +77,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--shrink", type=float, default=GPTQ_SHRINK, help="GPTQ's shrink of H")
     p.add_argument("--damp", type=float, default=GPTQ_DAMP, help="GPTQ's damping of H")
+    p.add_argument("--wide", type=float, nargs=2, metavar=("SHRINK", "DAMP"), default=None,
+                   help="GPTQ's shrink and damping on the tensors of 5 bits and more "
+                        "(default: --shrink and --damp everywhere)")
     p.add_argument("--plain-scales", action="store_true",
                    help="our Q4_0 / Q5_0 scales from the largest weight, not searched")
     p.add_argument("--out", default="", help="JSON of the rows (default: print only)")
@@ -98,10 +105,11 @@ def main():
             for file_type in args.types:
                 start = time.time()
                 row = ours(folder, curvature, file_type, tmp / "ours.gguf", windows,
-                           args.threads, not args.plain_scales, args.shrink, args.damp)
+                           args.threads, not args.plain_scales, args.shrink, args.damp,
+                           args.wide)
                 rows.append({"model": folder, "type": file_type, "by": "ours (GPTQ)",
                              "scale_search": not args.plain_scales, "shrink": args.shrink,
-                             "damp": args.damp,
+                             "damp": args.damp, "wide": args.wide,
                              "seconds": round(time.time() - start), **row})
                 row = theirs(f32, file_type, tmp / "theirs.gguf", windows, args.threads)
                 rows.append({"model": folder, "type": file_type, "by": "llama-quantize", **row})

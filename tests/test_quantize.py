@@ -197,3 +197,32 @@ def test_schema_default_shrink_is_the_librarys():
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     entry = schema["properties"]["quantization"]["additionalProperties"]["properties"]
     assert entry["shrink"]["default"] == GPTQ_SHRINK
+
+
+def test_gptq_settings_per_layer_are_each_layers_own():
+    """quantize_model's damp and shrink given per layer (as for a llama.cpp type mixture):
+    every layer gets the codes gptq_quantize gives it with its own values."""
+    from helpers import random_windows, tiny_model
+    from test_gguf_export import Factors
+
+    from surgeon.curvature import estimate_kfac
+    from surgeon.models import decoder_linears
+    from surgeon.quantize import quantize_model
+
+    model = tiny_model("llama")
+    layers = decoder_linears(model)
+    factors, _ = estimate_kfac(model, random_windows(4, 32), progress=False)
+    grid = Grid(4, 32, True)
+    removed = {n: torch.zeros_like(m.weight, dtype=torch.bool) for n, m in layers.items()}
+    names = sorted(layers)
+    damp = {n: (0.01, 0.5)[i % 2] for i, n in enumerate(names)}
+    shrink = {n: (0.75, 0.0)[i % 2] for i, n in enumerate(names)}
+    expected = {n: gptq_quantize(layers[n].weight.detach().clone(), factors[n][0], grid,
+                                 removed[n], damp[n], shrink=shrink[n]).codes for n in names}
+    uniform = gptq_quantize(layers[names[1]].weight.detach().clone(), factors[names[1]][0],
+                            grid, removed[names[1]], 0.01, shrink=0.75).codes
+    assert not torch.equal(uniform, expected[names[1]])  # the settings matter here
+    codes = quantize_model(model, "gptq", grid, removed, Factors(factors), damp=damp,
+                           shrink=shrink, progress=False)
+    for n in names:
+        assert torch.equal(codes[n].codes, expected[n]), n

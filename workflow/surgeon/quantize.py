@@ -391,11 +391,12 @@ def bits_per_weight(grid: Grid) -> float:
 
 
 def quantize_model(model, method: str, grid: Grid | dict, removed: dict, curvature=None,
-                   damp: float = GPTQ_DAMP, device: str = "cpu", progress: bool = True,
-                   scale_search: bool = False, shrink: float = 0.0) -> dict:
+                   damp: float | dict = GPTQ_DAMP, device: str = "cpu", progress: bool = True,
+                   scale_search: bool = False, shrink: float | dict = 0.0) -> dict:
     """Quantize every decoder Linear in place (weights become the dequantized values).
 
-    `grid` is one grid for all layers or {layer: grid} (a llama.cpp type mixture, ggml_plan);
+    `grid` is one grid for all layers or {layer: grid} (a llama.cpp type mixture, ggml_plan),
+    and so are GPTQ's `damp` and `shrink` (one value or {layer: value});
     `removed` maps layer names to masks (True = pruned) of the weight's shape; `curvature` is
     an open curvature file whose A factors are GPTQ's H (the bias column, if any, is dropped).
     `scale_search`: Q4_0 / Q5_0 scales searched with the diagonal of A as the importance of
@@ -416,14 +417,16 @@ def quantize_model(model, method: str, grid: Grid | dict, removed: dict, curvatu
     for name, layer in tqdm(decoder_linears(model).items(), desc=method, disable=not progress):
         W = layer.weight.detach().to(device)
         mask = removed[name].to(device)
-        layer_grid = grid[name] if isinstance(grid, dict) else grid
+        layer_grid, layer_damp, layer_shrink = (
+            v[name] if isinstance(v, dict) else v for v in (grid, damp, shrink))
         A = read_factors(curvature, name)[0].to(device)[: W.shape[1], : W.shape[1]] \
             if method == "gptq" or scale_search else None  # plain RTN reads no factor
         if method == "rtn":
             q = rtn_quantize(W, layer_grid, mask,
                              importance=A.diagonal() if scale_search else None)
         else:
-            q = gptq_quantize(W, A, layer_grid, mask, damp, search=scale_search, shrink=shrink)
+            q = gptq_quantize(W, A, layer_grid, mask, layer_damp, search=scale_search,
+                              shrink=layer_shrink)
         with torch.no_grad():
             layer.weight.copy_(q.weight().to(layer.weight))
         out[name] = Quantized(q.codes.cpu(), q.scales.cpu(), q.zeros.cpu(), layer_grid,
