@@ -115,7 +115,8 @@ def plan_issue15_rest() -> list[dict]:
     """The cells of the multi-shot grid the H200 sessions left (docs/comparison.md), one axis
     at a time from the measured 4-shot default: damping_g 0.01 (1, 4 shots) and 0.1 (2, 8),
     the low-rank correction after every shot, 32 windows at 4 shots, and for the paper's
-    rows-and-columns units 16 shots, undamped cost numerators and K-OBD in 4 shots."""
+    rows-and-columns units 16 shots, undamped cost numerators and K-OBD in 4 shots; the
+    correction at lr 1e-4 (the key `lora_lr`; runs without it use 1e-3)."""
     base = {"method": "llm-surgeon", "windows": 16, "lora_steps": 0, "damping_a": 0.01}
 
     def elem(structure, shots, dg, **kw):
@@ -135,7 +136,9 @@ def plan_issue15_rest() -> list[dict]:
     runs += [rows_columns(4, "k-obd", 0.01), rows_columns(4, undamped_numerators=True),
              rows_columns(16)]
     # one shot, undamped and damped numerators, on this code
-    return runs + [rows_columns(1, undamped_numerators=True), rows_columns(1)]
+    runs += [rows_columns(1, undamped_numerators=True), rows_columns(1)]
+    # the correction at the workflow's lora_lr default (1e-4) instead of 1e-3
+    return runs + [elem(s, 4, 1.0, lora_steps=16, lora_lr=1e-4) for s in both]
 
 
 PLANS = {"issue15": plan_issue15, "issue16": plan_issue16, "issue15-rest": plan_issue15_rest}
@@ -198,7 +201,8 @@ def run_one(run, args, windows, evaluation, ood, scratch, device):
         t2 = time.time()
         if run.get("lora_steps", 0):  # after every shot, as lora_steps does in the workflow
             lora_correct(model, cal[:8], weight_columns(masks, model), rank=8, alpha=16,
-                         steps=run["lora_steps"], lr=1e-3, seed=0, progress=False)
+                         steps=run["lora_steps"], lr=run.get("lora_lr", 1e-3), seed=0,
+                         progress=False)
         removed = {n: m | (W == 0) for (n, m), W in zip(masks.items(),
                                                          decoder_weights(model).values())}
         timings.append({"curvature_s": round(t1 - t0, 2), "prune_s": round(t2 - t1, 2),
@@ -217,7 +221,8 @@ def label(run: dict) -> str:
     parts = [run["method"], run["structure"] + size, f"damping_g {run['damping_g']}",
              f"{run['windows']} windows"]
     if run.get("lora_steps"):
-        parts.append(f"low-rank correction {run['lora_steps']} steps after every shot")
+        parts.append(f"low-rank correction {run['lora_steps']} steps after every shot"
+                     + (f" at lr {run['lora_lr']:g}" if 'lora_lr' in run else ''))
     if run.get("units") == "coupled" and run["method"] == "llm-surgeon":
         parts.append(f"coupled units, {run.get('coupled_cost', 'output')} costs")
     elif run.get("units") and run["structure"] == "structured":
