@@ -138,7 +138,7 @@ def plan_issue15_rest() -> list[dict]:
     # one shot, undamped and damped numerators, on this code
     runs += [rows_columns(1, undamped_numerators=True), rows_columns(1)]
     # the correction at the workflow's lora_lr default (1e-4) instead of 1e-3
-    return runs + [elem(s, 4, 1.0, lora_steps=16, lora_lr=1e-4) for s in both]
+    return runs + [elem(s, t, 1.0, lora_steps=16, lora_lr=1e-4) for t in (4, 1) for s in both]
 
 
 PLANS = {"issue15": plan_issue15, "issue16": plan_issue16, "issue15-rest": plan_issue15_rest}
